@@ -298,6 +298,9 @@ mod tests {
         let mut r = Reader::new(&[2]);
         assert!(r.bool("b").is_err());
         let r = Reader::new(&[1]);
-        assert_eq!(r.finish().unwrap_err(), WireError::TrailingBytes { count: 1 });
+        assert_eq!(
+            r.finish().unwrap_err(),
+            WireError::TrailingBytes { count: 1 }
+        );
     }
 }

@@ -1,0 +1,1 @@
+//! Sealed channels: see docs/PROTOCOL.md.

@@ -1,0 +1,1 @@
+//! Consent: scopes, requests, the owner log, receipts.

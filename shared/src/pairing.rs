@@ -1,0 +1,1 @@
+//! Pairing a device with its owner.
