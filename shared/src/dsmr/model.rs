@@ -23,8 +23,8 @@ pub struct Timestamp {
     /// no offset without a flag). Omitted when the clock is not set or the date is invalid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iso: Option<String>,
-    /// False for placeholders: year 2000 (`000101010000W`, meter clock never set) or an
-    /// impossible date (`632525252525W`, empty M-Bus slot).
+    /// False for placeholders: year 2000 (`000101010000W`, meter clock never set), 1970-01-01
+    /// (`700101010000W`) or an impossible date (`632525252525W`, empty M-Bus slot).
     pub clock_set: bool,
     /// Parsed fields (only when the date is valid).
     #[serde(skip)]
@@ -135,7 +135,8 @@ pub struct MbusChannel {
     /// Last reading.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reading: Option<MbusReading>,
-    /// True when the slot is empty: its reading carries a placeholder timestamp (e.g. `632525252525W`).
+    /// True when the slot is empty: no reading, a reading with a placeholder timestamp
+    /// (e.g. `632525252525W`), or an empty equipment id.
     pub empty: bool,
 }
 

@@ -40,8 +40,9 @@ impl Obis {
         let d = it.num()?;
         it.expect(b'.')?;
         let e = it.num()?;
+        // `*F` (German D0), or the `.F` form seen in some spec examples (`1-0:31.7.0.255`).
         let f = if it.i < code.len() {
-            it.expect(b'*')?;
+            it.expect(b'*').or_else(|| it.expect(b'.'))?;
             Some(it.num()?)
         } else {
             None
@@ -219,6 +220,10 @@ pub fn parse(bytes: &[u8], opts: ParseOptions) -> Result<Telegram, DsmrError> {
         }
     }
     t.mbus.sort_by_key(|c| c.channel);
+    for ch in &mut t.mbus {
+        ch.empty = ch.reading.as_ref().is_none_or(|r| !r.timestamp.clock_set)
+            || ch.equipment_id_raw.as_deref() == Some("");
+    }
     t.warnings = warnings;
     Ok(t)
 }
@@ -459,7 +464,8 @@ pub fn parse_timestamp(v: &[u8]) -> Result<Timestamp, String> {
         second,
         dst,
     });
-    let clock_set = valid && yy != 0;
+    // Placeholders: year 2000 (clock never set) and 1970-01-01 (epoch) besides impossible dates.
+    let clock_set = valid && yy != 0 && !(yy == 70 && month == 1 && day == 1);
     let iso = parts.filter(|_| clock_set).map(|p| {
         let offset = match p.dst {
             Some(true) => "+02:00",
@@ -516,9 +522,7 @@ fn channel(t: &mut Telegram, n: u8) -> &mut MbusChannel {
 }
 
 fn set_reading(t: &mut Telegram, n: u8, reading: MbusReading) {
-    let ch = channel(t, n);
-    ch.empty = !reading.timestamp.clock_set;
-    ch.reading = Some(reading);
+    channel(t, n).reading = Some(reading);
 }
 
 fn reading_value(v: &[u8]) -> R<(f64, Option<String>)> {
