@@ -364,11 +364,11 @@ impl Telegram {
         self.mbus.iter().find(|c| c.channel == n)
     }
 
-    /// The first gas channel (device type 3) that has a reading.
+    /// The first non-empty gas channel (device type 3).
     pub fn gas(&self) -> Option<&MbusChannel> {
         self.mbus
             .iter()
-            .find(|c| c.device_type == Some(3) && c.reading.is_some())
+            .find(|c| c.device_type == Some(3) && !c.empty)
     }
 }
 
