@@ -209,7 +209,7 @@ const CASES: &[Case] = &[
         power_delivered_kw: Some(1.193),
         power_failures_logged: None,
         mbus: &[(1, Some(3), Some(12785.123))],
-        unknown: 2,
+        unknown: 0,
         crc: Crc::Bad {
             found: 0x522B,
             computed: 0xF46A,
@@ -332,7 +332,7 @@ const CASES: &[Case] = &[
         power_delivered_kw: Some(1.193),
         power_failures_logged: Some(2),
         mbus: &[(1, Some(3), Some(12785.123))],
-        unknown: 1,
+        unknown: 0,
         crc: Crc::Bad {
             found: 0xCE7C,
             computed: 0xDD0F,
@@ -994,6 +994,25 @@ fn empty_mbus_slots_are_kept_and_marked() {
     assert!(t.mbus_channel(1).expect("ch1").empty);
     assert!(!t.mbus_channel(2).expect("ch2").empty);
     assert_eq!(t.gas().map(|c| c.channel), Some(2));
+}
+
+#[test]
+fn spec_typos_are_line_warnings() {
+    // The DSMR 4.0 spec example prints `1-0:99:97.0` and `1-0:72:32.0`.
+    let t = sample("dsmr40_spec-example.txt");
+    let bad: Vec<_> = t
+        .warnings
+        .iter()
+        .filter(|w| w.reason.starts_with("not an OBIS code"))
+        .map(|w| (w.line, w.text.get(..11).unwrap_or("")))
+        .collect();
+    assert_eq!(bad, [(17, "1-0:99:97.0"), (20, "1-0:72:32.0")]);
+    assert_eq!(t.power_failures, Some(4));
+    assert_eq!(t.voltage_sags_l2, Some(1));
+    // 4.2.2 writes `1-0:31.7.0.255`: read as the historical-value suffix 255.
+    let t = sample("dsmr42_spec-example-4.2.2.txt");
+    assert_eq!(t.current_l3_a, Some(3.0));
+    assert_eq!(t.power_returned_l3_kw, Some(6.666));
 }
 
 #[test]

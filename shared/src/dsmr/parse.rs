@@ -311,7 +311,8 @@ fn process_line(t: &mut Telegram, warnings: &mut Vec<LineError>, line_no: usize,
     let res = split_line(line, &mut vals).and_then(|code| {
         let known = match Obis::parse(code) {
             Some(obis) if matches!(obis.f, None | Some(255)) => apply(t, obis, &vals)?,
-            _ => false,
+            Some(_) => false,
+            None => return Err(format!("not an OBIS code: {:?}", lossy(code))),
         };
         if !known {
             t.unknown.push(UnknownLine {
