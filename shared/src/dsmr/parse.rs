@@ -509,21 +509,18 @@ fn hex_text(raw: &[u8]) -> (String, String) {
     (decode_hex_text(raw).unwrap_or_else(|| r.clone()), r)
 }
 
-fn channel(t: &mut Telegram, n: u8) -> &mut MbusChannel {
-    let idx = match t.mbus.iter().position(|c| c.channel == n) {
-        Some(i) => i,
-        None => {
-            t.mbus.push(MbusChannel::new(n));
-            t.mbus.len() - 1
-        }
-    };
-    // `idx` is in bounds by construction; fall back to the last element defensively.
-    let len = t.mbus.len();
-    &mut t.mbus[idx.min(len - 1)]
+/// The channel `n`, created on first use (`None` never happens in practice; no indexing).
+fn channel(t: &mut Telegram, n: u8) -> Option<&mut MbusChannel> {
+    if !t.mbus.iter().any(|c| c.channel == n) {
+        t.mbus.push(MbusChannel::new(n));
+    }
+    t.mbus.iter_mut().find(|c| c.channel == n)
 }
 
 fn set_reading(t: &mut Telegram, n: u8, reading: MbusReading) {
-    channel(t, n).reading = Some(reading);
+    if let Some(ch) = channel(t, n) {
+        ch.reading = Some(reading);
+    }
 }
 
 fn reading_value(v: &[u8]) -> R<(f64, Option<String>)> {
@@ -648,13 +645,16 @@ fn apply(t: &mut Telegram, o: Obis, vals: &[&[u8]]) -> R<bool> {
         }
         (0, n @ 1..=4, 24, 1, 0) => {
             let dt: u16 = small(one(vals)?)?;
-            let ch = channel(t, n);
-            ch.device_type = Some(dt);
-            ch.kind = mbus_kind(dt).map(str::to_string);
+            if let Some(ch) = channel(t, n) {
+                ch.device_type = Some(dt);
+                ch.kind = mbus_kind(dt).map(str::to_string);
+            }
         }
         (0, n @ 1..=4, 96, 1, 0 | 1) => {
             let v = one(vals)?;
-            let ch = channel(t, n);
+            let Some(ch) = channel(t, n) else {
+                return Ok(false);
+            };
             if ch.equipment_id.is_some() {
                 return Ok(false);
             }
@@ -662,8 +662,18 @@ fn apply(t: &mut Telegram, o: Obis, vals: &[&[u8]]) -> R<bool> {
             ch.equipment_id = Some(text);
             ch.equipment_id_raw = Some(raw);
         }
-        (0, n @ 1..=4, 24, 4, 0) => channel(t, n).valve_position = Some(small(one(vals)?)?),
-        (0, n @ 1..=4, 96, 3, 10) => channel(t, n).breaker_state = Some(small(one(vals)?)?),
+        (0, n @ 1..=4, 24, 4, 0) => {
+            let v = small(one(vals)?)?;
+            if let Some(ch) = channel(t, n) {
+                ch.valve_position = Some(v);
+            }
+        }
+        (0, n @ 1..=4, 96, 3, 10) => {
+            let v = small(one(vals)?)?;
+            if let Some(ch) = channel(t, n) {
+                ch.breaker_state = Some(v);
+            }
+        }
         (0, n @ 1..=4, 24, 2, 0 | 1 | 3) => match vals {
             [ts, v] => {
                 let timestamp = parse_timestamp(ts)?;
