@@ -1,0 +1,1 @@
+//! Where telegrams come from: the serial port, a capture file, or the simulator.
