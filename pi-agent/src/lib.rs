@@ -5,3 +5,4 @@
 //! publish through a durable outbox to MQTT.
 
 pub mod source;
+pub mod store;

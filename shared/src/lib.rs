@@ -5,6 +5,7 @@
 //! - [`channel`]: sealed, signed, hash-linked channels; key rotation; key delivery.
 //! - [`consent`]: data scopes, provider request links, the owner's consent log, receipts.
 //! - [`pairing`]: the QR payload and the claim/challenge/answer/result exchange.
+//! - [`topics`]: the MQTT topic layout; [`mqtt`] (feature `mqtt`): the connection all parties use.
 //! - [`wire`]: the byte codec all messages use.
 //!
 //! Message type bytes (first byte of every message; the second is the format version,
@@ -26,5 +27,8 @@ pub mod channel;
 pub mod consent;
 pub mod crypto;
 pub mod dsmr;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod pairing;
+pub mod topics;
 pub mod wire;
