@@ -703,7 +703,7 @@ impl ChannelWriter {
             )?;
             slots.push(Slot { hint, wrapped });
         }
-        slots.sort_by(|a, b| a.hint.cmp(&b.hint));
+        slots.sort_by_key(|s| s.hint);
         if slots.windows(2).any(|p| p[0].hint == p[1].hint) {
             return Err(ChannelError::DuplicateReader);
         }

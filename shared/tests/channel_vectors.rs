@@ -25,6 +25,9 @@ fn seed(tag: u8) -> [u8; 32] {
     s
 }
 
+/// (KEM suite, KEM seed, consent id, reader secret, encapsulation seed, wrap nonce).
+type ReaderInputs = (KemSuite, [u8; 32], [u8; 16], [u8; 32], [u8; 32], [u8; 24]);
+
 struct Inputs {
     device_seed: [u8; 32],
     channel_id: [u8; 16],
@@ -34,7 +37,7 @@ struct Inputs {
     nonces: [[u8; 24]; 3],
     plaintexts: [&'static [u8]; 3],
     timestamps: [u64; 4],
-    readers: [(KemSuite, [u8; 32], [u8; 16], [u8; 32], [u8; 32], [u8; 24]); 2],
+    readers: [ReaderInputs; 2],
 }
 
 fn inputs() -> Inputs {
