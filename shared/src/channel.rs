@@ -1060,9 +1060,9 @@ impl ChannelReader {
                     .wrapped
                     .unwrap(&self.kem, &ctx)
                     .map_err(|_| OpenError::Tampered)?;
-                let key: [u8; KEY_LEN] =
-                    key.as_slice().try_into().map_err(|_| OpenError::Tampered)?;
-                let key = SymmetricKey::from_bytes(key);
+                let key: Zeroizing<[u8; KEY_LEN]> =
+                    Zeroizing::new(key.as_slice().try_into().map_err(|_| OpenError::Tampered)?);
+                let key = SymmetricKey::from_bytes(*key);
                 self.accept(h.seq, hash);
                 self.epoch = h.epoch;
                 self.epoch_key = Some(key);
@@ -1230,6 +1230,26 @@ mod tests {
         );
         assert_eq!(w.next_seq(), 0);
         assert!(w.seal(&device(), 0, &big[..MAX_PLAINTEXT]).is_ok());
+    }
+
+    #[test]
+    fn rotation_limits_reader_count_before_any_work() {
+        let kem = KemSecretKey::from_seed(KemSuite::X25519Sntrup761, &[4; 32]);
+        let grant = ReaderGrant {
+            consent_id: OpaqueId([0; 16]),
+            kem_public: kem.public().clone(),
+            reader_secret: Zeroizing::new([0; 32]),
+        };
+        let many = vec![grant; MAX_SLOTS + 1];
+        let mut w = ChannelWriter::new(OpaqueId([1; 16]));
+        assert_eq!(
+            w.rotate(&device(), 0, &many),
+            Err(ChannelError::TooManyReaders {
+                count: MAX_SLOTS + 1,
+                limit: MAX_SLOTS
+            })
+        );
+        assert_eq!((w.epoch(), w.next_seq()), (0, 0));
     }
 
     #[test]

@@ -517,3 +517,63 @@ fn reader_state_persistence_and_grant_round_trip() {
         Err(WireError::Invalid { .. })
     ));
 }
+
+/// Replaces the signature so only the inner checks can catch a change.
+fn resign(dev: &SigningIdentity, rec: &[u8]) -> Vec<u8> {
+    let mut t = rec[..rec.len() - 64].to_vec();
+    let sig = dev.sign(&t);
+    t.extend_from_slice(&sig);
+    t
+}
+
+#[test]
+fn signed_but_corrupt_rotations_are_refused_without_state_change() {
+    let dev = device();
+    let mut w = ChannelWriter::new(OpaqueId::random());
+    let kem = KemSecretKey::generate(SNTRUP);
+    let (d, g) = w
+        .deliver(&dev, 0, OpaqueId::random(), kem.public())
+        .unwrap();
+    let mut r = ChannelReader::from_delivery(&d, &dev.public(), &kem).unwrap();
+    let rot = w.rotate(&dev, 0, &[g]).unwrap();
+    // Corrupt the sealed epoch key of our slot (the 48 bytes before the signature).
+    let mut t = rot.clone();
+    let pos = t.len() - 64 - 10;
+    t[pos] ^= 1;
+    assert_eq!(r.open(&resign(&dev, &t)), Err(OpenError::Tampered));
+    assert!(r.is_authorised());
+    assert_eq!(r.epoch(), 0);
+    // A slot count that does not match the body is a format error even when signed.
+    let mut t = rot.clone();
+    t[76..78].copy_from_slice(&2u16.to_be_bytes());
+    assert!(matches!(
+        r.open(&resign(&dev, &t)),
+        Err(OpenError::Malformed(_))
+    ));
+    assert_eq!(r.open(&rot), Ok(Opened::Rotated { seq: 0, epoch: 1 }));
+}
+
+#[test]
+fn delivery_for_another_suite_or_key_is_not_authorised() {
+    let dev = device();
+    let w = ChannelWriter::new(OpaqueId::random());
+    let ks = KemSecretKey::generate(SNTRUP);
+    let km = KemSecretKey::generate(MLKEM);
+    let (d, _) = w.deliver(&dev, 0, OpaqueId::random(), ks.public()).unwrap();
+    assert_eq!(d[2], SNTRUP as u8);
+    assert_eq!(
+        ChannelReader::from_delivery(&d, &dev.public(), &km).unwrap_err(),
+        OpenError::NotAuthorised
+    );
+    let (d, _) = w.deliver(&dev, 0, OpaqueId::random(), km.public()).unwrap();
+    assert_eq!(d[2], MLKEM as u8);
+    assert_eq!(
+        ChannelReader::from_delivery(&d, &dev.public(), &ks).unwrap_err(),
+        OpenError::NotAuthorised
+    );
+    // A record is not a delivery.
+    assert!(matches!(
+        ChannelReader::from_delivery(&[1, 1, 1, 1], &dev.public(), &ks),
+        Err(OpenError::Malformed(WireError::WrongType { .. }))
+    ));
+}
