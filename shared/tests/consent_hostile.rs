@@ -75,7 +75,10 @@ fn no_decoder_panics_on_hostile_input() {
         &o.id,
         &root,
         t.id,
-        &[(Role::Device, d.kem.public()), (Role::Provider, a.kem.public())],
+        &[
+            (Role::Device, d.kem.public()),
+            (Role::Provider, a.kem.public()),
+        ],
     )
     .unwrap();
     let g = grant(&req, d.id.public());
