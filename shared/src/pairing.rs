@@ -79,7 +79,8 @@ pub const MAX_CHALLENGE_LEN: usize = 1536;
 pub const ANSWER_LEN: usize =
     HEADER_LEN + ID_LEN + ID_LEN + DEVICE_NONCE_LEN + PROOF_LEN + SIGNATURE_LEN;
 /// Exact size of a result.
-pub const RESULT_LEN: usize = HEADER_LEN + ID_LEN + ID_LEN + DEVICE_NONCE_LEN + 1 + 1 + 8 + SIGNATURE_LEN;
+pub const RESULT_LEN: usize =
+    HEADER_LEN + ID_LEN + ID_LEN + DEVICE_NONCE_LEN + 1 + 1 + 8 + SIGNATURE_LEN;
 
 const LABEL_OFFER_HASH: &str = "p1consent/v1/pairing/offer";
 const LABEL_PROOF_KEY: &str = "p1consent/v1/pairing/proof-key";
@@ -182,16 +183,25 @@ impl From<CryptoError> for PairingError {
     }
 }
 
-/// A failed step of the wallet's state machine: the error, and the unchanged state so the
-/// wallet can keep waiting for the genuine message.
+/// A failed step of the wallet's state machine: the error, and the unchanged state (boxed,
+/// to keep `Result` small) so the wallet can keep waiting for the genuine message.
 pub struct StepError<S> {
-    pub state: S,
+    pub state: Box<S>,
     pub error: PairingError,
 }
 
 impl<S> StepError<S> {
+    fn new(state: S, error: PairingError) -> Self {
+        Self {
+            state: Box::new(state),
+            error,
+        }
+    }
     pub fn into_error(self) -> PairingError {
         self.error
+    }
+    pub fn into_state(self) -> S {
+        *self.state
     }
 }
 
@@ -892,9 +902,7 @@ impl DevicePairing {
             wallet: claim.wallet,
             wallet_nonce: claim.wallet_nonce,
             device_nonce,
-            expires_at: now
-                .saturating_add(CHALLENGE_TTL)
-                .min(open.offer.expires_at),
+            expires_at: now.saturating_add(CHALLENGE_TTL).min(open.offer.expires_at),
             device_kem: self.kem.clone(),
         };
         let bytes = challenge.encode(&self.identity);
@@ -1073,7 +1081,7 @@ impl AwaitingChallenge {
                 };
                 Ok((answer, result))
             }
-            Err(error) => Err(StepError { state: self, error }),
+            Err(error) => Err(StepError::new(self, error)),
         }
     }
 
@@ -1169,7 +1177,7 @@ impl AwaitingResult {
                 label: self.label,
                 paired_at,
             }),
-            Err(error) => Err(StepError { state: self, error }),
+            Err(error) => Err(StepError::new(self, error)),
         }
     }
 

@@ -225,7 +225,7 @@ fn challenge_from_fake_device_is_rejected() {
     let waiting = match waiting.on_challenge(&forged, &f.wallet, NOW) {
         Err(e) => {
             assert_eq!(e.error, PairingError::WrongDevice);
-            e.state
+            *e.state
         }
         Ok(_) => panic!("forged challenge accepted"),
     };
@@ -451,9 +451,12 @@ fn pending_challenges_are_bounded_and_claims_idempotent() {
         (l, dev)
     };
     let (link, mut dev) = link;
-    let (claim, waiting) =
-        WalletPairing::start(PairingInvite::from_link(&link, NOW).unwrap(), &f.wallet, NOW)
-            .unwrap();
+    let (claim, waiting) = WalletPairing::start(
+        PairingInvite::from_link(&link, NOW).unwrap(),
+        &f.wallet,
+        NOW,
+    )
+    .unwrap();
     let ch1 = dev.handle_claim(&claim, NOW).unwrap();
     // A repeated (or replayed) claim gets the same challenge, no new slot.
     assert_eq!(dev.handle_claim(&claim, NOW + 1).unwrap(), ch1);
@@ -542,5 +545,8 @@ fn ml_kem_device_key_pairs_too() {
     assert!(ch.len() <= MAX_CHALLENGE_LEN);
     let (answer, awaiting) = waiting.on_challenge(&ch, &f.wallet, NOW).unwrap();
     let (result, _) = dev.handle_answer(&answer, NOW).unwrap();
-    assert_eq!(&awaiting.on_result(&result).unwrap().device_kem, kem.public());
+    assert_eq!(
+        &awaiting.on_result(&result).unwrap().device_kem,
+        kem.public()
+    );
 }

@@ -101,7 +101,7 @@ fn tampered_challenge_is_rejected_and_the_genuine_one_still_works() {
     for m in mutations(&challenge) {
         match waiting.on_challenge(&m, &r.wallet, NOW) {
             Ok(_) => panic!("tampered challenge accepted"),
-            Err(e) => waiting = e.state,
+            Err(e) => waiting = *e.state,
         }
     }
     let (answer, _) = waiting.on_challenge(&challenge, &r.wallet, NOW).unwrap();
@@ -129,7 +129,7 @@ fn tampered_answer_is_rejected_without_burning_attempts() {
     for m in mutations(&result) {
         match awaiting.on_result(&m) {
             Ok(_) => panic!("tampered result accepted"),
-            Err(e) => awaiting = e.state,
+            Err(e) => awaiting = *e.state,
         }
     }
     awaiting.on_result(&result).unwrap();
@@ -164,7 +164,10 @@ fn tampered_qr_payload_never_pairs() {
             dev = DevicePairing::new(again, &r.device, r.kem.public()).unwrap();
         }
     }
-    assert!(parsed > 0, "some mutations are well-formed and must be caught by the proof");
+    assert!(
+        parsed > 0,
+        "some mutations are well-formed and must be caught by the proof"
+    );
 }
 
 /// Rebuilds an offer equal to `payload` (test helper via the hidden deterministic API).
@@ -196,7 +199,12 @@ fn hostile_random_input_never_panics() {
     let (claim, mut waiting) = WalletPairing::start(invite, &r.wallet, NOW).unwrap();
     let challenge = dev.handle_claim(&claim, NOW).unwrap();
     let seeds = [
-        &r.qr, &r.claim, &r.challenge, &r.answer, &r.result, &challenge,
+        &r.qr,
+        &r.claim,
+        &r.challenge,
+        &r.answer,
+        &r.result,
+        &challenge,
     ];
     for round in 0..3000 {
         let input = match round % 3 {
@@ -235,7 +243,7 @@ fn hostile_random_input_never_panics() {
         if input != challenge {
             match waiting.on_challenge(&input, &r.wallet, NOW) {
                 Ok(_) => panic!("hostile challenge accepted"),
-                Err(e) => waiting = e.state,
+                Err(e) => waiting = *e.state,
             }
         }
         // The same bytes as a link payload, and as link text.
@@ -255,25 +263,39 @@ fn link_parsing_errors() {
     assert!(ok(&r.link).is_ok());
     let d = r.link.strip_prefix(LINK_PREFIX).unwrap();
     let bad = |l: String, e: LinkError| {
-        assert_eq!(
-            ok(&l).unwrap_err(),
-            PairingError::BadLink(e),
-            "link {l:?}"
-        )
+        assert_eq!(ok(&l).unwrap_err(), PairingError::BadLink(e), "link {l:?}")
     };
     bad(format!("https://pair?v=1&d={d}"), LinkError::BadScheme);
     bad(format!("P1CONSENT://pair?v=1&d={d}"), LinkError::BadScheme);
-    bad(format!("p1consent://pairing?v=1&d={d}"), LinkError::BadScheme);
-    bad(format!("p1consent://pair?v=1&d={d}&x=1"), LinkError::BadParams);
+    bad(
+        format!("p1consent://pairing?v=1&d={d}"),
+        LinkError::BadScheme,
+    );
+    bad(
+        format!("p1consent://pair?v=1&d={d}&x=1"),
+        LinkError::BadParams,
+    );
     bad(format!("p1consent://pair?d={d}&v=1"), LinkError::BadParams);
-    bad(format!("p1consent://pair?v=1&d={d}&d={d}"), LinkError::BadParams);
+    bad(
+        format!("p1consent://pair?v=1&d={d}&d={d}"),
+        LinkError::BadParams,
+    );
     bad("p1consent://pair?v=1".into(), LinkError::BadParams);
     bad("p1consent://pair?v=1&d=".into(), LinkError::BadParams);
-    bad(format!("p1consent://pair?v=2&d={d}"), LinkError::UnsupportedVersion);
+    bad(
+        format!("p1consent://pair?v=2&d={d}"),
+        LinkError::UnsupportedVersion,
+    );
     bad(format!("p1consent://pair?v=1&d={d}="), LinkError::BadBase64);
-    bad(format!("p1consent://pair?v=1&d=+{}", &d[1..]), LinkError::BadBase64);
+    bad(
+        format!("p1consent://pair?v=1&d=+{}", &d[1..]),
+        LinkError::BadBase64,
+    );
     bad(format!("p1consent://pair?v=1&d={d}%"), LinkError::BadBase64);
-    bad(format!("p1consent://pair?v=1&d={}", "A".repeat(MAX_LINK_LEN)), LinkError::TooLong);
+    bad(
+        format!("p1consent://pair?v=1&d={}", "A".repeat(MAX_LINK_LEN)),
+        LinkError::TooLong,
+    );
     // Base64 that decodes but is not a QR payload is a typed wire error.
     assert!(matches!(
         ok("p1consent://pair?v=1&d=AAAA").unwrap_err(),
@@ -290,7 +312,11 @@ fn link_parsing_errors() {
         assert!(ok(&l).is_err());
     }
     // Sizes for the report.
-    eprintln!("QR payload {} bytes, link {} chars", r.qr.len(), r.link.len());
+    eprintln!(
+        "QR payload {} bytes, link {} chars",
+        r.qr.len(),
+        r.link.len()
+    );
 }
 
 #[test]
