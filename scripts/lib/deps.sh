@@ -1,7 +1,7 @@
 # Idempotent installation of what the build and tests need. Sourced by scripts/*.sh.
 
 # Debian packages the tests use (real parts, not mocks).
-TEST_APT_PACKAGES=(pkg-config)
+TEST_APT_PACKAGES=(pkg-config mosquitto socat)
 
 apt_install() {
     local missing=()

@@ -1,0 +1,141 @@
+//! Real parts for tests: Debian's mosquitto started on a free loopback port with a temporary
+//! config (persistence on, so a SIGKILL keeps retained messages), stopped on drop.
+//!
+//! A missing `mosquitto` binary is a test failure with a clear message, never a silent pass:
+//! `.ci/run` installs it (`apt-get install mosquitto`).
+
+use std::{
+    io::Write,
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
+
+/// Waits until something accepts TCP connections on the port.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+pub fn find_mosquitto() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("mosquitto not found: install it with `apt-get install mosquitto` (.ci/run does)")
+}
+
+/// A running mosquitto with its own directory (config, persistence, log).
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut m = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    /// `mqtt://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        let mut f = std::fs::File::create(&conf).unwrap_or_else(|e| panic!("config: {e}"));
+        let text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+             persistence_location {dir}/\nautosave_interval 1\nautosave_on_changes true\n\
+             max_queued_messages 100000\nmax_inflight_messages 100\n\
+             log_dest file {dir}/mosquitto.log\nmessage_size_limit 8388608\n",
+            port = self.port,
+            dir = self.dir.path().display()
+        );
+        f.write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("config: {e}"));
+        let child = Command::new(find_mosquitto())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start mosquitto: {e}"));
+        self.child = Some(child);
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)),
+            "mosquitto did not listen on port {}; log: {}",
+            self.port,
+            std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL, as a crash or power loss would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port with the same persistence directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mosquitto_starts_restarts_and_stops() {
+        let mut m = Mosquitto::start();
+        assert!(TcpStream::connect(("127.0.0.1", m.port)).is_ok());
+        m.restart();
+        assert!(TcpStream::connect(("127.0.0.1", m.port)).is_ok());
+        let port = m.port;
+        drop(m);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+}
