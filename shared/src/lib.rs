@@ -7,6 +7,8 @@
 //! - [`pairing`]: the QR payload and the claim/challenge/answer/result exchange.
 //! - [`topics`]: the MQTT topic layout; [`mqtt`] (feature `mqtt`): the connection all parties use.
 //! - [`wire`]: the byte codec all messages use.
+//! - [`view`]: consented views: the reading/aggregate JSON a provider receives in a channel.
+//! - [`qr`] (feature `qr`): QR codes for pairing and request links (terminal, SVG, PNG, decode).
 //!
 //! Message type bytes (first byte of every message; the second is the format version,
 //! the third the suite id):
@@ -30,5 +32,8 @@ pub mod dsmr;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod pairing;
+#[cfg(feature = "qr")]
+pub mod qr;
 pub mod topics;
+pub mod view;
 pub mod wire;

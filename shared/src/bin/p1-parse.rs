@@ -9,7 +9,7 @@
 use std::io::{self, Read, Write};
 use std::process::ExitCode;
 
-use p1consent_shared::dsmr::{self, FrameError, ParseOptions};
+use p1consent_shared::dsmr::{ParseOptions, report::json_report};
 
 const USAGE: &str = "usage: p1-parse [--no-crc] [--pretty] FILE... ('-' = stdin)";
 
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
                 continue;
             }
         };
-        match process(file, &data, opts, pretty, &mut out) {
+        match json_report(file, &data, opts, pretty, &mut out, &mut io::stderr()) {
             Ok(ok) => failed |= !ok,
             Err(e) => {
                 eprintln!("p1-parse: cannot write output: {e}");
@@ -80,69 +80,3 @@ fn read_input(file: &str) -> io::Result<Vec<u8>> {
     }
 }
 
-/// Returns Ok(false) if some telegram in the file was broken.
-fn process(
-    file: &str,
-    data: &[u8],
-    opts: ParseOptions,
-    pretty: bool,
-    out: &mut impl Write,
-) -> io::Result<bool> {
-    let name = std::path::Path::new(file)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| file.to_string());
-    let mut ok = true;
-    let mut count = 0usize;
-    let emit = |bytes: &[u8], out: &mut dyn Write, n: usize| -> io::Result<bool> {
-        match dsmr::parse(bytes, opts) {
-            Ok(t) => {
-                for w in &t.warnings {
-                    eprintln!("{name}: telegram {n}: warning: {w}");
-                }
-                let json = if pretty {
-                    serde_json::to_string_pretty(&t)
-                } else {
-                    serde_json::to_string(&t)
-                };
-                match json {
-                    Ok(j) => writeln!(out, "{j}")?,
-                    Err(e) => {
-                        eprintln!("{name}: telegram {n}: cannot serialise: {e}");
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            }
-            Err(e) => {
-                eprintln!("{name}: telegram {n}: {e}");
-                Ok(false)
-            }
-        }
-    };
-    for item in dsmr::frames(data) {
-        match item {
-            Ok(frame) => {
-                count += 1;
-                ok &= emit(frame.bytes(), out, count)?;
-            }
-            Err(FrameError::Garbage { bytes }) => {
-                eprintln!("{name}: note: skipped {bytes} bytes outside telegrams");
-            }
-            Err(FrameError::Unterminated { data }) => {
-                // End of input without '!': parse what is there (the parser warns about it).
-                count += 1;
-                ok &= emit(&data, out, count)?;
-            }
-            Err(e) => {
-                eprintln!("{name}: {e}");
-                ok = false;
-            }
-        }
-    }
-    if count == 0 {
-        eprintln!("{name}: no telegram found");
-        ok = false;
-    }
-    Ok(ok)
-}

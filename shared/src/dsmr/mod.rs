@@ -13,6 +13,7 @@ mod crc;
 mod framer;
 mod model;
 mod parse;
+pub mod report;
 
 pub use crc::{Crc16, crc16_arc, parse_crc_digits};
 pub use framer::{
