@@ -130,7 +130,8 @@ impl Agent {
         };
         let mut views = BTreeMap::new();
         for (key, v) in store.scan::<StoredView>("views/")? {
-            let v = ViewChannel::from_stored(v).map_err(|e| AgentError::State(format!("{key}: {e}")))?;
+            let v = ViewChannel::from_stored(v)
+                .map_err(|e| AgentError::State(format!("{key}: {e}")))?;
             views.insert(v.key(), v);
         }
         let pairing = PairingService::new(
@@ -568,7 +569,9 @@ impl Agent {
                         });
                         ack_threads.insert(tid);
                     }
-                    Err(e) => tracing::warn!(thread = %tid, error = %e, "cannot append acknowledgement"),
+                    Err(e) => {
+                        tracing::warn!(thread = %tid, error = %e, "cannot append acknowledgement")
+                    }
                 }
             }
         }

@@ -318,7 +318,10 @@ mod tests {
         let e = c
             .apply_env(|k| (k == "P1C_SOURCE").then(|| "usb".to_string()))
             .unwrap_err();
-        assert!(e.to_string().contains("expected serial, replay or simulator"));
+        assert!(
+            e.to_string()
+                .contains("expected serial, replay or simulator")
+        );
         let c = AgentConfig {
             kem_suite: "rsa".into(),
             ..AgentConfig::default()

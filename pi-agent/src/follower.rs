@@ -122,7 +122,8 @@ impl Follower {
         bytes: &[u8],
         kem: &KemSecretKey,
     ) -> Result<Option<OpaqueId>, FollowError> {
-        let env = ThreadEnvelope::decode(bytes, Some(&self.owner)).map_err(FollowError::Envelope)?;
+        let env =
+            ThreadEnvelope::decode(bytes, Some(&self.owner)).map_err(FollowError::Envelope)?;
         let tid = env.thread_id;
         if self.threads.contains_key(&tid) {
             return Ok(None);

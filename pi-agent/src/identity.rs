@@ -78,8 +78,8 @@ impl DeviceIdentity {
         let suite = KemSuite::from_name(&f.kem_suite)
             .ok_or_else(|| IdentityError::Corrupt(name.clone(), "unknown KEM suite"))?;
         Ok(Self {
-            signing: SigningIdentity::from_seed(&seed(&f.signing_seed)?),
-            kem: KemSecretKey::from_seed(suite, &seed(&f.kem_seed)?),
+            signing: SigningIdentity::from_seed(&*seed(&f.signing_seed)?),
+            kem: KemSecretKey::from_seed(suite, &*seed(&f.kem_seed)?),
         })
     }
 

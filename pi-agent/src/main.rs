@@ -12,7 +12,11 @@ use pi_agent::{
 };
 
 #[derive(Parser)]
-#[command(name = "pi-agent", version, about = "P1 Consent agent: shares your smart meter's data only with whom you allow")]
+#[command(
+    name = "pi-agent",
+    version,
+    about = "P1 Consent agent: shares your smart meter's data only with whom you allow"
+)]
 struct Cli {
     /// Configuration file (TOML). Without it: documented defaults plus P1C_* variables.
     #[arg(long, short, global = true, env = "P1C_CONFIG")]
@@ -75,7 +79,9 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     // Under systemd, journald adds its own timestamps.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).init();
@@ -110,8 +116,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             pretty,
             files,
         } => {
-            let mut opts = p1consent_shared::dsmr::ParseOptions::default();
-            opts.check_crc = !no_crc;
+            let opts = p1consent_shared::dsmr::ParseOptions { check_crc: !no_crc };
             let mut ok = true;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
@@ -141,7 +146,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 )
                 .map_err(|e| format!("cannot write output: {e}"))?;
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Status { json } => {
             let cfg = load_config(&cli)?;

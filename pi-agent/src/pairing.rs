@@ -213,8 +213,9 @@ impl PairingService {
                         })
                     }
                     Err(e) => {
+                        let rejection = dp.take_rejection();
                         self.failed();
-                        match dp.take_rejection() {
+                        match rejection {
                             Some(rejection) => {
                                 tracing::warn!(error = %e, "pairing answer refused");
                                 Ok(PairingStep::Reply {

@@ -67,12 +67,23 @@ impl Status {
         out.push_str(&format!(
             "Meter         {}\n",
             match (self.meter_seen, self.last_telegram_ms) {
-                (true, Some(t)) => format!("seen, last telegram {} ({} in total)", age(t), self.telegrams),
+                (true, Some(t)) => format!(
+                    "seen, last telegram {} ({} in total)",
+                    age(t),
+                    self.telegrams
+                ),
                 _ => "no telegram yet".into(),
             }
         ));
         if let Some(d) = &self.source_detail {
-            out.push_str(&format!("Source        {d}{}\n", if self.source_connected { "" } else { " (disconnected)" }));
+            out.push_str(&format!(
+                "Source        {d}{}\n",
+                if self.source_connected {
+                    ""
+                } else {
+                    " (disconnected)"
+                }
+            ));
         }
         if let Some(e) = &self.source_last_error {
             out.push_str(&format!("Last problem  {e}\n"));
@@ -81,14 +92,22 @@ impl Status {
             "Paired        {}\n",
             match &self.paired_owner {
                 Some(o) => format!("yes, owner {}…", &o[..o.len().min(16)]),
-                None => "no — scan the pairing code with the wallet (`pi-agent pair` shows it)".into(),
+                None =>
+                    "no — scan the pairing code with the wallet (`pi-agent pair` shows it)".into(),
             }
         ));
         out.push_str(&format!(
             "Broker        {}\n",
-            if self.broker_connected { "connected" } else { "not connected" }
+            if self.broker_connected {
+                "connected"
+            } else {
+                "not connected"
+            }
         ));
-        out.push_str(&format!("Outbox        {} message(s) waiting\n", self.outbox_depth));
+        out.push_str(&format!(
+            "Outbox        {} message(s) waiting\n",
+            self.outbox_depth
+        ));
         if self.consents.is_empty() {
             out.push_str("Consents      none active\n");
         } else {

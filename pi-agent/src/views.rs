@@ -30,7 +30,7 @@ pub struct StoredView {
 impl ViewChannel {
     pub fn new(spec: ViewSpec, expiry_s: u32) -> Self {
         Self {
-            engine: View::new(spec.clone()),
+            engine: View::new(spec),
             spec,
             writer: ChannelWriter::new(OpaqueId::random()),
             readers: Vec::new(),
@@ -65,7 +65,7 @@ impl ViewChannel {
 
     pub fn to_stored(&self) -> StoredView {
         StoredView {
-            spec: self.spec.clone(),
+            spec: self.spec,
             writer: hex(&self.writer.to_bytes()),
             readers: self.readers.iter().map(|r| hex(&r.to_bytes())).collect(),
             engine: self.engine.clone(),

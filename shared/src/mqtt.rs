@@ -168,7 +168,10 @@ pub enum LinkEvent {
     /// The broker acknowledged the publish with this token.
     Acked(u64),
     /// A message over the size limit (or with a non-UTF-8 topic) was dropped.
-    Dropped { topic: String, size: usize },
+    Dropped {
+        topic: String,
+        size: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -144,7 +144,11 @@ fn encode(text: &str) -> Result<(Matrix, Ecc), QrError> {
         Err(e) => return Err(QrError::Encode(e.to_string())),
     };
     let width = code.width();
-    let dark = code.to_colors().into_iter().map(|c| c == Color::Dark).collect();
+    let dark = code
+        .to_colors()
+        .into_iter()
+        .map(|c| c == Color::Dark)
+        .collect();
     Ok((Matrix { width, dark }, ecc))
 }
 

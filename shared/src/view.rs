@@ -357,6 +357,8 @@ impl Aggregate {
 }
 
 /// The plaintext of one channel data record.
+// One payload lives for one record; boxing the larger variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ViewPayload {
     /// `"type":"reading"` (raw views).
@@ -445,14 +447,18 @@ impl ViewPayload {
                     .ok_or(ViewError::Invalid("resolution_s"))?;
                 let len = u64::from(res.seconds()) * 1000;
                 if a.start_ms % len != 0 || a.end_ms.checked_sub(a.start_ms) != Some(len) {
-                    return Err(ViewError::Invalid("window is not aligned to its resolution"));
+                    return Err(ViewError::Invalid(
+                        "window is not aligned to its resolution",
+                    ));
                 }
                 if a.samples == 0 {
                     return Err(ViewError::Invalid("samples"));
                 }
                 Ok(ViewPayload::Aggregate(a))
             }
-            _ => Err(ViewError::UnknownType(Some(kind.chars().take(64).collect()))),
+            _ => Err(ViewError::UnknownType(Some(
+                kind.chars().take(64).collect(),
+            ))),
         }
     }
 
@@ -658,14 +664,8 @@ pub fn field_keys(field: Field) -> &'static [&'static str] {
 /// Keys every reading carries regardless of the fields (`meter_time` only when known).
 pub const READING_BASE_KEYS: [&str; 4] = ["type", "v", "time_ms", "meter_time"];
 /// Keys every aggregate carries regardless of the fields.
-pub const AGGREGATE_BASE_KEYS: [&str; 6] = [
-    "type",
-    "v",
-    "start_ms",
-    "end_ms",
-    "resolution_s",
-    "samples",
-];
+pub const AGGREGATE_BASE_KEYS: [&str; 6] =
+    ["type", "v", "start_ms", "end_ms", "resolution_s", "samples"];
 
 fn sane(x: f64) -> Option<f64> {
     (x.is_finite() && x.abs() <= MAX_MAGNITUDE).then_some(x)
@@ -749,11 +749,7 @@ pub fn project(telegram: &Telegram, fields: FieldSet, received_at_ms: u64) -> Vi
         *(m.raw)(&mut r) = mbus_reading(t, m.device_types).map(|x| MeterReading {
             value: x.value,
             unit: x.unit.as_deref().map(|u| cut(u, 16)),
-            meter_time: x
-                .timestamp
-                .iso
-                .clone()
-                .filter(|_| x.timestamp.clock_set),
+            meter_time: x.timestamp.iso.clone().filter(|_| x.timestamp.clock_set),
         });
     }
     if fields.contains(Field::Tariff) {

@@ -28,7 +28,10 @@ fn pairing_link() -> String {
 /// A provider request link of 2000 characters.
 fn request_link() -> String {
     let prefix = "p1consent://request?v=1&d=";
-    format!("{prefix}{}", b64(0x2545_F491_4F6C_DD1D, 2000 - prefix.len()))
+    format!(
+        "{prefix}{}",
+        b64(0x2545_F491_4F6C_DD1D, 2000 - prefix.len())
+    )
 }
 
 #[test]
@@ -211,9 +214,14 @@ fn decode_terminal(s: &str, inked_is_dark: bool) -> String {
         px[(height - 1) * width + x] = false;
     }
     let scale = 4;
-    let mut img = rqrr::PreparedImage::prepare_from_greyscale(width * scale, height * scale, |x, y| {
-        if px[(y / scale) * width + x / scale] { 0 } else { 255 }
-    });
+    let mut img =
+        rqrr::PreparedImage::prepare_from_greyscale(width * scale, height * scale, |x, y| {
+            if px[(y / scale) * width + x / scale] {
+                0
+            } else {
+                255
+            }
+        });
     let grids = img.detect_grids();
     assert_eq!(grids.len(), 1);
     grids[0].decode().expect("decode").1

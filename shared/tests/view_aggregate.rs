@@ -51,10 +51,7 @@ fn json_keys(a: &Aggregate) -> BTreeSet<String> {
 
 #[test]
 fn quarter_hour_total_power_statistics() {
-    let spec = ViewSpec::new(
-        fields(&[Field::PowerDelivered]),
-        Resolution::QuarterHour,
-    );
+    let spec = ViewSpec::new(fields(&[Field::PowerDelivered]), Resolution::QuarterHour);
     let mut a = Aggregator::new(spec);
     // 0.5, 1.5, 2.0, 0.25 → mean 4.25 / 4 = 1.0625, min 0.25, max 2.0.
     for (i, kw) in [0.5, 1.5, 2.0, 0.25].into_iter().enumerate() {
@@ -219,7 +216,11 @@ fn windows_are_aligned_to_unix_time() {
     let cases = [
         (Resolution::TenSeconds, 1_700_000_000_000, 1_700_000_010_000),
         (Resolution::Minute, 1_699_999_980_000, 1_700_000_040_000),
-        (Resolution::QuarterHour, 1_699_999_200_000, 1_700_000_100_000),
+        (
+            Resolution::QuarterHour,
+            1_699_999_200_000,
+            1_700_000_100_000,
+        ),
         (Resolution::Hour, 1_699_999_200_000, 1_700_002_800_000),
         (Resolution::Day, 1_699_920_000_000, 1_700_006_400_000),
     ];
@@ -388,7 +389,11 @@ fn stream() -> Vec<(Telegram, u64)> {
 
 /// The telegram's own timestamp as Unix ms (these telegrams carry W = UTC+1).
 fn utc_ms(t: &Telegram) -> u64 {
-    let p = t.timestamp.as_ref().and_then(|ts| ts.parts).expect("timestamp");
+    let p = t
+        .timestamp
+        .as_ref()
+        .and_then(|ts| ts.parts)
+        .expect("timestamp");
     let (y, m, d) = (i64::from(p.year), i64::from(p.month), i64::from(p.day));
     // Days from civil (Howard Hinnant).
     let y = if m <= 2 { y - 1 } else { y };
@@ -398,11 +403,9 @@ fn utc_ms(t: &Telegram) -> u64 {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400
-        + i64::from(p.hour) * 3600
-        + i64::from(p.minute) * 60
-        + i64::from(p.second)
-        - i64::from(p.utc_offset_s().expect("dst flag"));
+    let secs =
+        days * 86_400 + i64::from(p.hour) * 3600 + i64::from(p.minute) * 60 + i64::from(p.second)
+            - i64::from(p.utc_offset_s().expect("dst flag"));
     u64::try_from(secs).expect("after 1970") * 1000
 }
 

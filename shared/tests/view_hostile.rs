@@ -41,10 +41,36 @@ fn valid_payloads() -> Vec<Vec<u8>> {
 }
 
 const TOKENS: &[&[u8]] = &[
-    b"{", b"}", b"[", b"]", b":", b",", b"\"", b"\\", b"\"type\"", b"\"v\"", b"1", b"-1",
-    b"1e400", b"18446744073709551616", b"null", b"true", b"\"reading\"", b"\"aggregate\"",
-    b"\"time_ms\"", b"\"start_ms\"", b"\"resolution_s\"", b"\"samples\"", b"900", b"0.5",
-    b"\"gas\"", b"\"mean\"", b"\"meter_ids\"", b"\xff", b"\x00", b"\"\\ud800\"",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b":",
+    b",",
+    b"\"",
+    b"\\",
+    b"\"type\"",
+    b"\"v\"",
+    b"1",
+    b"-1",
+    b"1e400",
+    b"18446744073709551616",
+    b"null",
+    b"true",
+    b"\"reading\"",
+    b"\"aggregate\"",
+    b"\"time_ms\"",
+    b"\"start_ms\"",
+    b"\"resolution_s\"",
+    b"\"samples\"",
+    b"900",
+    b"0.5",
+    b"\"gas\"",
+    b"\"mean\"",
+    b"\"meter_ids\"",
+    b"\xff",
+    b"\x00",
+    b"\"\\ud800\"",
 ];
 
 fn check(bytes: &[u8]) -> Result<ViewPayload, ViewError> {
@@ -129,7 +155,10 @@ fn deep_nesting_and_oversize_are_typed_errors() {
     big.resize(MAX_PAYLOAD - 2, b'a');
     big.extend_from_slice(b"\"}");
     assert_eq!(big.len(), MAX_PAYLOAD);
-    assert!(ViewPayload::from_bytes(&big).is_ok(), "exactly the limit is accepted");
+    assert!(
+        ViewPayload::from_bytes(&big).is_ok(),
+        "exactly the limit is accepted"
+    );
     big.insert(40, b' ');
     assert_eq!(
         ViewPayload::from_bytes(&big),

@@ -12,7 +12,9 @@ use p1consent_shared::view::{
 use serde_json::Value;
 
 fn data(rel: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -143,7 +145,10 @@ fn raw_all_fields_of_a_gas_meter() {
 fn raw_gas_only_and_meter_ids_only() {
     let t = sample("dsmr42_landisgyr-e350_gas.txt");
     let p = project(&t, FieldSet::empty().with(Field::Gas), E350_MS);
-    assert_eq!(keys(&p), set(&["type", "v", "time_ms", "meter_time", "gas"]));
+    assert_eq!(
+        keys(&p),
+        set(&["type", "v", "time_ms", "meter_time", "gas"])
+    );
     let p = project(&t, FieldSet::empty().with(Field::MeterIds), E350_MS);
     assert_eq!(
         keys(&p),
@@ -408,7 +413,10 @@ fn raw_view_yields_one_reading_per_stream_telegram() {
     assert_eq!(out.len(), 566);
     let first = out[0].as_reading().unwrap();
     assert_eq!(first.power_delivered_kw, Some(0.378));
-    assert_eq!(first.meter_time.as_deref(), Some("2019-03-24T15:05:19+01:00"));
+    assert_eq!(
+        first.meter_time.as_deref(),
+        Some("2019-03-24T15:05:19+01:00")
+    );
     for p in &out {
         assert_eq!(
             keys(p),

@@ -79,4 +79,3 @@ fn read_input(file: &str) -> io::Result<Vec<u8>> {
         std::fs::read(file)
     }
 }
-

@@ -22,32 +22,33 @@ pub fn json_report(
         .unwrap_or_else(|| file.to_string());
     let mut ok = true;
     let mut count = 0usize;
-    let emit = |bytes: &[u8], out: &mut dyn Write, err: &mut dyn Write, n: usize| -> io::Result<bool> {
-        match parse(bytes, opts) {
-            Ok(t) => {
-                for w in &t.warnings {
-                    writeln!(err, "{name}: telegram {n}: warning: {w}")?;
-                }
-                let json = if pretty {
-                    serde_json::to_string_pretty(&t)
-                } else {
-                    serde_json::to_string(&t)
-                };
-                match json {
-                    Ok(j) => writeln!(out, "{j}")?,
-                    Err(e) => {
-                        writeln!(err, "{name}: telegram {n}: cannot serialise: {e}")?;
-                        return Ok(false);
+    let emit =
+        |bytes: &[u8], out: &mut dyn Write, err: &mut dyn Write, n: usize| -> io::Result<bool> {
+            match parse(bytes, opts) {
+                Ok(t) => {
+                    for w in &t.warnings {
+                        writeln!(err, "{name}: telegram {n}: warning: {w}")?;
                     }
+                    let json = if pretty {
+                        serde_json::to_string_pretty(&t)
+                    } else {
+                        serde_json::to_string(&t)
+                    };
+                    match json {
+                        Ok(j) => writeln!(out, "{j}")?,
+                        Err(e) => {
+                            writeln!(err, "{name}: telegram {n}: cannot serialise: {e}")?;
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
                 }
-                Ok(true)
+                Err(e) => {
+                    writeln!(err, "{name}: telegram {n}: {e}")?;
+                    Ok(false)
+                }
             }
-            Err(e) => {
-                writeln!(err, "{name}: telegram {n}: {e}")?;
-                Ok(false)
-            }
-        }
-    };
+        };
     for item in frames(data) {
         match item {
             Ok(frame) => {
