@@ -1,7 +1,7 @@
 //! Sealed, signed, hash-linked channels: data records, key rotation, key delivery.
 //!
 //! The byte layouts, key schedule, verification order and errors are specified in
-//! docs/PROTOCOL-channel.md; this module is the reference implementation.
+//! docs/PROTOCOL.md (Sealed channels); this module is the reference implementation.
 //!
 //! - The device holds a [`ChannelWriter`]: it seals data records, rotates the epoch key
 //!   (one wrapped slot per remaining reader) and delivers the current key to a newly
@@ -527,7 +527,7 @@ impl ChannelWriterState {
 }
 
 /// The device side of one channel. Persist [`ChannelWriter::state`] after every call that
-/// returns bytes and *before* publishing them (see PROTOCOL-channel.md, "Crash safety").
+/// returns bytes and *before* publishing them (see docs/PROTOCOL.md, Sealed channels, "Crash safety").
 #[derive(Debug)]
 pub struct ChannelWriter {
     st: ChannelWriterState,
@@ -1083,7 +1083,7 @@ impl ChannelReader {
         self.recent.push_back((seq, hash));
     }
 
-    /// Local storage encoding (see PROTOCOL-channel.md). The KEM secret key is *not*
+    /// Local storage encoding (see docs/PROTOCOL.md, Sealed channels). The KEM secret key is *not*
     /// included; pass it again to [`Self::from_bytes`].
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(

@@ -1,5 +1,5 @@
 //! Pairing a device with its owner: the QR payload and the
-//! claim → challenge → answer → result exchange (spec: docs/PROTOCOL-pairing.md).
+//! claim → challenge → answer → result exchange (spec: docs/PROTOCOL.md (Pairing)).
 //!
 //! The device (the Pi at the meter) shows a QR code holding its Ed25519 key and a fresh
 //! 128-bit one-time secret. The owner's wallet scans it and proves knowledge of the secret

@@ -10,7 +10,7 @@
 //! [`View`] wraps both so the agent can feed every telegram to every view. Payloads are JSON
 //! (`{"type":"reading"|"aggregate","v":1,…}`), at most [`MAX_PAYLOAD`] bytes; providers decode them
 //! with [`ViewPayload::from_bytes`], which never panics and tolerates unknown keys from later
-//! versions. The JSON keys, units and aggregation rules are specified in docs/protocol/40-views.md.
+//! versions. The JSON keys, units and aggregation rules are specified in docs/PROTOCOL.md (Views).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -183,7 +183,7 @@ pub struct Stat {
 /// `{"delta","end"}` of an energy counter over a window, kWh.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Counter {
-    /// Increase during the window (see docs/protocol/40-views.md), rounded to 7 decimals.
+    /// Increase during the window (see docs/PROTOCOL.md (Views)), rounded to 7 decimals.
     pub delta: f64,
     /// Last reading in the window.
     pub end: f64,

@@ -144,7 +144,7 @@ fn generate() -> Value {
         })
     };
     json!({
-        "about": "P1 Consent channel vectors; see docs/PROTOCOL-channel.md, 'Test vectors'",
+        "about": "P1 Consent channel vectors; see docs/PROTOCOL.md, Sealed channels, 'Test vectors'",
         "device_seed": hex(&inp.device_seed),
         "device_public": dev.public().to_hex(),
         "channel_id": hex(&inp.channel_id),

@@ -88,7 +88,7 @@ fn generate() -> Value {
         )
         .unwrap();
     json!({
-        "description": "P1 Consent consent-domain test vectors (docs/PROTOCOL-consent.md). All keys from fixed seeds; envelope randomness from seed 0x55*32 via ThreadEnvelope::create_deterministic; entry nonce 0x66*24.",
+        "description": "P1 Consent consent-domain test vectors (docs/PROTOCOL.md (Consent)). All keys from fixed seeds; envelope randomness from seed 0x55*32 via ThreadEnvelope::create_deterministic; entry nonce 0x66*24.",
         "now_unix": NOW,
         "seeds": {
             "owner_ed25519": hex(&[0x01; 32]),

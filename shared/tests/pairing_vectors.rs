@@ -75,7 +75,7 @@ fn to_json(g: &Generated) -> Value {
     let kem = KemSecretKey::from_seed(KemSuite::X25519Sntrup761, &KEM_SEED);
     let answer = Answer::decode(&g.answer).unwrap();
     json!({
-        "description": "P1 Consent pairing (docs/PROTOCOL-pairing.md). All byte strings are lowercase hex. Ed25519 signatures are deterministic, so every message is reproducible from the inputs.",
+        "description": "P1 Consent pairing (docs/PROTOCOL.md (Pairing)). All byte strings are lowercase hex. Ed25519 signatures are deterministic, so every message is reproducible from the inputs.",
         "inputs": {
             "device_seed": hex(&DEVICE_SEED),
             "wallet_seed": hex(&WALLET_SEED),

@@ -7,7 +7,7 @@
 //! - [`fold`]: the owner's devices and consents from verified entries.
 //! - [`receipt`]: ISO/IEC TS 27560-shaped JSON receipts signed by the owner.
 //!
-//! Byte layouts and rules: docs/PROTOCOL-consent.md.
+//! Byte layouts and rules: docs/PROTOCOL.md (Consent).
 
 pub mod fold;
 pub mod log;

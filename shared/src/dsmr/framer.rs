@@ -1,6 +1,6 @@
 //! Streaming P1 telegram framer.
 //!
-//! Rules (see docs/PROTOCOL-dsmr.md):
+//! Rules (see docs/PROTOCOL.md (P1 telegrams)):
 //! - a telegram starts at `/`; every byte before it is garbage (counted, see [`FrameError::Garbage`]);
 //! - it ends at a `!` that starts a line, followed by 0–4 hex digits (CRC, either case) and CRLF/LF;
 //! - a `/` before the end line restarts framing: the partial telegram is reported as

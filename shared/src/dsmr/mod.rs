@@ -7,7 +7,7 @@
 //!
 //! Every input byte is treated as hostile: nothing here panics on input, buffers are bounded by
 //! [`MAX_TELEGRAM_SIZE`], and malformed lines become [`LineError`] warnings instead of failures.
-//! The format and JSON field names are documented in docs/PROTOCOL-dsmr.md.
+//! The format and JSON field names are documented in docs/PROTOCOL.md (P1 telegrams).
 
 mod crc;
 mod framer;
