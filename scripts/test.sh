@@ -12,3 +12,9 @@ echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
+echo "== pi-agent for the Raspberry Pi (aarch64)"
+if ensure_aarch64_target; then
+    cargo check --locked --target aarch64-unknown-linux-gnu -p pi-agent
+else
+    echo "!! skipped: the aarch64 Rust target could not be installed here (no access to rustup's server)"
+fi

@@ -27,3 +27,11 @@ ensure_test_deps() {
     ensure_rust
     apt_install "${TEST_APT_PACKAGES[@]}"
 }
+
+# The Raspberry Pi cross target: Debian's cross gcc (for crates that build C) and rustup's
+# aarch64 standard library. Returns non-zero when rustup cannot fetch it.
+ensure_aarch64_target() {
+    apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+    rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$' && return 0
+    timeout 300 rustup target add aarch64-unknown-linux-gnu
+}
