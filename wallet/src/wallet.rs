@@ -30,6 +30,11 @@ use crate::{
 
 pub const STATE_FILE: &str = "wallet.json";
 pub const SECRETS_FILE: &str = "secrets.json";
+/// Entries read per thread from the broker at most (a hostile broker cannot exhaust memory
+/// or time beyond this).
+pub const MAX_ENTRIES_PER_THREAD: usize = 10_000;
+/// Threads a wallet follows at most.
+pub const MAX_THREADS: usize = 4096;
 
 /// Wallet settings that are not state.
 #[derive(Debug, Clone)]
@@ -270,7 +275,6 @@ impl Wallet {
             ),
             retained(topics::owner_index(&me, &tid), &envelope),
         ];
-        let mut s = Session::connect(&url, Vec::new(), self.opts.timeout).await?;
         out.push(self.append_owner(
             &tid,
             Event::DevicePaired {
@@ -279,7 +283,11 @@ impl Wallet {
                 label: label.clone(),
             },
         )?);
-        self.queue_and_publish(&mut s, out).await?;
+        // The meter is paired now: keep the device thread before anything else can fail, so
+        // a broker problem only delays publishing it (the next command sends the outbox).
+        self.queue(out)?;
+        let mut s = Session::connect(&url, Vec::new(), self.opts.timeout).await?;
+        self.flush_outbox(&mut s).await?;
         Ok(PairedSummary {
             device: device.to_hex(),
             device_id: device.opaque_id().to_hex(),
@@ -501,6 +509,12 @@ impl Wallet {
     /// Stores the messages in the outbox (so a crash or a lost connection cannot lose them),
     /// publishes them and waits for the broker's acknowledgements.
     async fn queue_and_publish(&mut self, s: &mut Session, out: Vec<Outgoing>) -> Result<()> {
+        self.queue(out)?;
+        self.flush_outbox(s).await
+    }
+
+    /// Stores messages in the outbox (and the state with them).
+    fn queue(&mut self, out: Vec<Outgoing>) -> Result<()> {
         for m in &out {
             self.state.outbox.push(OutboxItem {
                 topic: m.topic.clone(),
@@ -508,8 +522,7 @@ impl Wallet {
                 retain: m.retain,
             });
         }
-        self.save()?;
-        self.flush_outbox(s).await
+        self.save()
     }
 
     /// Publishes whatever is in the outbox and clears it once acknowledged.
@@ -572,6 +585,7 @@ impl Wallet {
         let wanted: BTreeSet<OpaqueId> = tids.iter().copied().collect();
         let mut by_thread: BTreeMap<OpaqueId, Vec<Vec<u8>>> = BTreeMap::new();
         let mut rejected = Vec::new();
+        let mut overflowed = BTreeSet::new();
         for m in msgs {
             if m.payload.is_empty() {
                 continue;
@@ -582,7 +596,19 @@ impl Wallet {
             if !wanted.contains(&tid) {
                 continue;
             }
-            by_thread.entry(tid).or_default().push(m.payload);
+            let list = by_thread.entry(tid).or_default();
+            if list.len() >= MAX_ENTRIES_PER_THREAD {
+                if overflowed.insert(tid) {
+                    rejected.push(Rejected {
+                        thread_id: tid.to_hex(),
+                        role: None,
+                        seq: None,
+                        error: "too many entries; the rest were ignored".into(),
+                    });
+                }
+                continue;
+            }
+            list.push(m.payload);
         }
         for tid in tids {
             let extra = by_thread.remove(&tid).unwrap_or_default();
@@ -635,6 +661,17 @@ impl Wallet {
             else {
                 continue;
             };
+            if self.state.threads.len() >= MAX_THREADS
+                && !self.state.threads.contains_key(&tid.to_hex())
+            {
+                rejected.push(Rejected {
+                    thread_id: tid.to_hex(),
+                    role: None,
+                    seq: None,
+                    error: "too many threads; ignored".into(),
+                });
+                continue;
+            }
             match ThreadEnvelope::decode(&m.payload, Some(&me)) {
                 Ok(env) if env.thread_id == tid => {
                     let t = self.state.threads.entry(tid.to_hex()).or_default();

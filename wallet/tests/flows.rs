@@ -9,6 +9,12 @@ use common::{Agent, Provider, WAIT, new_wallet, now, opts, tamper};
 use p1consent_shared::consent::{
     ConsentState, ConsentStatus, RequestError, SignedReceipt, log::RotationReason,
 };
+use p1consent_shared::{
+    consent::{Event, LogWriter, Role, ThreadEnvelope},
+    mqtt::{self, LinkConfig, LinkEvent},
+    pairing::{PairingInvite, PairingOffer, RejectReason},
+    topics::{self, InboxItem},
+};
 use p1consent_testkit::Mosquitto;
 use p1consent_wallet::{OwnerIdentity, Wallet, WalletError};
 
@@ -20,6 +26,24 @@ async fn pairing_succeeds_once_and_a_spent_code_fails() {
 
     let w_dir = tempfile::tempdir().unwrap();
     let mut wallet = new_wallet(w_dir.path(), 20);
+
+    // A code with the right meter but a wrong secret: the meter's signed rejection.
+    let invite = PairingInvite::from_link(&link, now()).expect("invite");
+    let wrong = PairingOffer::with_secret(
+        agent.device,
+        invite.broker_hint(),
+        invite.label(),
+        invite.expires_at(),
+        zeroize::Zeroizing::new([7u8; 16]),
+    )
+    .expect("offer")
+    .to_link();
+    match wallet.pair(&wrong).await {
+        Err(WalletError::PairingRejected(RejectReason::BadProof)) => {}
+        other => panic!("a wrong secret must be rejected as a bad proof, got {other:?}"),
+    }
+    assert!(wallet.state_at(now()).devices.is_empty());
+
     let paired = wallet.pair(&link).await.expect("pairing");
     assert_eq!(paired.device, agent.device.to_hex());
     assert_eq!(paired.label, "Meter hall");
@@ -116,6 +140,27 @@ async fn grant_revoke_receipt_and_rebuild() {
         Err(WalletError::ConsentNotActive(_))
     ));
 
+    // The provider opens the envelope from its inbox and confirms the erasure; the wallet
+    // reads the confirmation back.
+    let (tid, key) = provider_thread(&mosq.url(), &provider).await;
+    let entry = LogWriter::new(tid, Role::Provider)
+        .append(
+            &provider.signing,
+            &key,
+            p1consent_wallet::wallet::now_ms(),
+            &Event::ErasureConfirmed { consent_id: cid },
+        )
+        .expect("provider entry");
+    publish_retained(&mosq.url(), topics::log_entry(&tid, 3, 0), entry).await;
+    let state = wait_until!("the provider's ErasureConfirmed", {
+        let s = wallet.consents().await.expect("consents");
+        s.consents
+            .get(&cid)
+            .and_then(|c| c.erasure_confirmed_at_ms)
+            .map(|_| s.clone())
+    });
+    assert!(state.consents[&cid].erasure_confirmed_at_ms.is_some());
+
     // Every thread verifies from scratch.
     let report = wallet.verify_log();
     assert_eq!(report.len(), 2);
@@ -150,4 +195,49 @@ async fn grant_revoke_receipt_and_rebuild() {
     let s = wallet.state_at(now());
     assert!(!s.devices[&agent.device].is_paired());
     agent.stop().await;
+}
+
+/// What the provider finds in its inbox: the consent thread's id and key.
+async fn provider_thread(
+    url: &str,
+    provider: &Provider,
+) -> (
+    p1consent_shared::crypto::OpaqueId,
+    p1consent_shared::consent::ThreadKey,
+) {
+    let mut lc = LinkConfig::new(url.parse().unwrap(), "test-provider");
+    lc.subscriptions = vec![topics::inbox_filter(&provider.signing.public().opaque_id())];
+    let mut link = mqtt::connect(lc).unwrap();
+    let me = provider.signing.public().opaque_id();
+    wait_until!("the envelope in the provider's inbox", {
+        match tokio::time::timeout(Duration::from_millis(500), link.events.recv()).await {
+            Ok(Some(LinkEvent::Message(m))) => match InboxItem::parse(&m.topic, &me) {
+                Some(InboxItem::Thread(tid)) => {
+                    let env = ThreadEnvelope::decode(&m.payload, None).expect("envelope");
+                    assert_eq!(env.thread_id, tid);
+                    Some((tid, env.open(Role::Provider, &provider.kem).expect("open")))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    })
+}
+
+async fn publish_retained(url: &str, topic: String, payload: Vec<u8>) {
+    let mut link = mqtt::connect(LinkConfig::new(url.parse().unwrap(), "test-publisher")).unwrap();
+    let mut sent = false;
+    wait_until!("the broker's ack", {
+        match tokio::time::timeout(Duration::from_millis(500), link.events.recv()).await {
+            Ok(Some(LinkEvent::Connected)) if !sent => {
+                link.handle
+                    .publish(1, topic.clone(), payload.clone(), true, None)
+                    .unwrap();
+                sent = true;
+                None
+            }
+            Ok(Some(LinkEvent::Acked(1))) => Some(()),
+            _ => None,
+        }
+    })
 }
