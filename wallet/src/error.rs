@@ -70,6 +70,10 @@ pub enum WalletError {
     Ambiguous(String),
     #[error("the consent {0} is not active")]
     ConsentNotActive(String),
+    #[error("this request was already granted (consent {0})")]
+    AlreadyGranted(String),
+    #[error("cannot grant that: {0}")]
+    BadScope(String),
     #[error("the request has already expired")]
     RequestExpired,
     #[error(

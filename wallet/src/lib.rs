@@ -22,4 +22,4 @@ pub use error::{Result, WalletError};
 pub use identity::OwnerIdentity;
 pub use secrets::{FileSecretStore, MemorySecretStore, SecretStore};
 pub use summary::{ConsentLine, RequestSummary};
-pub use wallet::{Wallet, WalletOptions};
+pub use wallet::{GrantScope, Wallet, WalletOptions};

@@ -3,9 +3,9 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use p1consent_shared::consent::{ConsentState, ConsentStatus};
+use p1consent_shared::consent::{ConsentState, ConsentStatus, Field, FieldSet, Resolution};
 use p1consent_wallet::{
-    ConsentLine, Wallet, WalletError, WalletOptions,
+    ConsentLine, GrantScope, Wallet, WalletError, WalletOptions,
     summary::date,
     wallet::{Rejected, now_s},
 };
@@ -48,8 +48,19 @@ enum Command {
     /// Allow a request for one of your meters.
     Grant {
         request_id: String,
+        /// The meter (id prefix or label).
         #[arg(long)]
         device: String,
+        /// Allow only these of the requested fields (comma-separated names, e.g.
+        /// energy_delivered,gas).
+        #[arg(long, value_delimiter = ',')]
+        fields: Option<Vec<String>>,
+        /// A coarser resolution than requested: raw, ten_seconds, minute, quarter_hour, hour, day.
+        #[arg(long)]
+        resolution: Option<String>,
+        /// End the consent after this many days (no later than requested).
+        #[arg(long)]
+        days: Option<u64>,
     },
     /// Decline a request (nothing is sent to the provider).
     Decline { request_id: String },
@@ -139,6 +150,41 @@ fn print_state(state: &ConsentState, as_json: bool) {
     }
 }
 
+fn scope(
+    fields: Option<Vec<String>>,
+    resolution: Option<String>,
+    days: Option<u64>,
+) -> Result<GrantScope, WalletError> {
+    let fields = match fields {
+        None => None,
+        Some(names) => {
+            let mut set = FieldSet::empty();
+            for n in names {
+                let f = Field::from_name(n.trim()).ok_or_else(|| {
+                    WalletError::BadScope(format!("unknown field {:?}", n.trim()))
+                })?;
+                set.insert(f);
+            }
+            Some(set)
+        }
+    };
+    let resolution = match resolution {
+        None => None,
+        Some(r) => Some(
+            Resolution::ALL
+                .into_iter()
+                .find(|x| x.name() == r.trim())
+                .ok_or_else(|| WalletError::BadScope(format!("unknown resolution {r:?}")))?,
+        ),
+    };
+    let expires_at = days.map(|d| now_s().saturating_add(d.saturating_mul(86_400)));
+    Ok(GrantScope {
+        fields,
+        resolution,
+        expires_at,
+    })
+}
+
 fn print_rejected(rejected: &[Rejected]) {
     for r in rejected {
         eprintln!(
@@ -224,8 +270,15 @@ async fn run(cli: Cli) -> Result<(), WalletError> {
                 }
             }
         }
-        Command::Grant { request_id, device } => {
-            let cid = w.grant(&request_id, &device).await?;
+        Command::Grant {
+            request_id,
+            device,
+            fields,
+            resolution,
+            days,
+        } => {
+            let scope = scope(fields, resolution, days)?;
+            let cid = w.grant_with(&request_id, &device, scope).await?;
             if cli.json {
                 println!("{}", json!({ "consent_id": cid.to_hex() }));
             } else {

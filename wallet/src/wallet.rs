@@ -8,8 +8,9 @@ use std::{
 
 use p1consent_shared::{
     consent::{
-        ConsentState, ConsentStatus, Event, Grant, LogError, LogWriter, Participants, Receipt,
-        Role, SignedRequest, ThreadEnvelope, ThreadLog, VerifiedEntry, log::EntryHeader,
+        ConsentState, ConsentStatus, Event, FieldSet, Grant, LogError, LogWriter, Participants,
+        Receipt, Resolution, Role, SignedRequest, ThreadEnvelope, ThreadLog, VerifiedEntry,
+        log::EntryHeader,
     },
     crypto::{OpaqueId, PublicId, hex, unhex},
     mqtt::BrokerUrl,
@@ -63,6 +64,17 @@ pub fn now_ms() -> u64 {
 
 pub fn now_s() -> u64 {
     now_ms() / 1000
+}
+
+/// What the owner allows of a request; `None` = as requested.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrantScope {
+    /// A non-empty subset of the requested fields.
+    pub fields: Option<FieldSet>,
+    /// The requested resolution or a coarser one.
+    pub resolution: Option<Resolution>,
+    /// Unix seconds, no later than requested.
+    pub expires_at: Option<u64>,
 }
 
 /// A device the wallet just paired.
@@ -361,6 +373,20 @@ impl Wallet {
     /// Grants a pending request for `device` (id prefix or label), as requested (all fields,
     /// the requested resolution, until the requested expiry). Returns the consent id.
     pub async fn grant(&mut self, request: &str, device: &str) -> Result<OpaqueId> {
+        self.grant_with(request, device, GrantScope::default())
+            .await
+    }
+
+    /// Grants a pending request for `device` with a narrower scope: fewer fields, a coarser
+    /// resolution or an earlier end (each `None` = as requested).
+    pub async fn grant_with(
+        &mut self,
+        request: &str,
+        device: &str,
+        scope: GrantScope,
+    ) -> Result<OpaqueId> {
+        // Check what needs no broker first.
+        self.find_request(request)?;
         let mut s = self.connect().await?;
         self.flush_outbox(&mut s).await?;
         self.pull(&mut s, None).await?;
@@ -371,18 +397,33 @@ impl Wallet {
             return Err(WalletError::RequestExpired);
         }
         let state = self.state_at(now);
+        if state.consents.contains_key(&req.consent_id()) {
+            self.state.requests.remove(&key);
+            self.save()?;
+            return Err(WalletError::AlreadyGranted(req.consent_id().to_hex()));
+        }
         let dev = self.find_device(&state, device)?;
         let rec = &state.devices[&dev];
         if rec.device_kem.suite() != content.provider_kem.suite() {
             return Err(WalletError::SuiteMismatch);
         }
+        let expires_at = scope.expires_at.unwrap_or(content.consent_expires_at);
+        if expires_at <= now {
+            return Err(WalletError::BadScope(
+                "the end of the consent must be in the future".into(),
+            ));
+        }
         let grant = Grant::new(
             &req,
             dev,
-            content.fields,
-            content.resolution,
-            content.consent_expires_at,
-        )?;
+            scope.fields.unwrap_or(content.fields),
+            scope.resolution.unwrap_or(content.resolution),
+            expires_at,
+        )
+        .map_err(|e| match e {
+            LogError::BadGrant(why) => WalletError::BadScope(why.into()),
+            other => other.into(),
+        })?;
         let tid = self.id.root.consent_thread_id(&dev, &content.provider);
         let mut out = Vec::new();
         let has_envelope = self

@@ -83,10 +83,30 @@ async fn cli_pair_from_image_grant_and_sync() {
 
     let e = failed(&wallet(&w1, &["grant", &rid, "--device", "no-such-meter"]).await);
     assert!(e.contains("no paired meter"), "{e}");
+    let e = failed(
+        &wallet(
+            &w1,
+            &["grant", &rid, "--device", "meter hall", "--fields", "gas"],
+        )
+        .await,
+    );
+    assert!(e.contains("cannot grant"), "{e}");
     let g = json(
         &wallet(
             &w1,
-            &["--json", "grant", &rid[..10], "--device", "meter hall"],
+            &[
+                "--json",
+                "grant",
+                &rid[..10],
+                "--device",
+                "meter hall",
+                "--fields",
+                "energy_delivered",
+                "--resolution",
+                "minute",
+                "--days",
+                "7",
+            ],
         )
         .await,
     );
@@ -97,6 +117,11 @@ async fn cli_pair_from_image_grant_and_sync() {
     loop {
         let c = json(&wallet(&w1, &["--json", "consents"]).await);
         if !c["consents"][0]["key_delivered_epoch"].is_null() {
+            assert_eq!(
+                c["consents"][0]["fields"],
+                serde_json::json!(["energy_delivered"])
+            );
+            assert_eq!(c["consents"][0]["resolution"], "minute");
             break;
         }
         assert!(Instant::now() < deadline, "no KeyDelivered: {c}");
@@ -119,6 +144,11 @@ async fn cli_pair_from_image_grant_and_sync() {
 
     // Revoke from the second wallet.
     ok(&wallet(&w2, &["revoke", &cid, "--erase"]).await);
+    let e = failed(&wallet(&w1, &["grant", &rid, "--device", "meter hall"]).await);
+    assert!(e.contains("no pending request"), "{e}");
+    ok(&wallet(&w1, &["open", &req]).await);
+    let e = failed(&wallet(&w1, &["grant", &rid, "--device", "meter hall"]).await);
+    assert!(e.contains("already granted"), "{e}");
     let e = failed(&wallet(&w2, &["revoke", &cid]).await);
     assert!(e.contains("not active"), "{e}");
     let c = json(&wallet(&w1, &["--json", "consents"]).await);

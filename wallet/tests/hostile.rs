@@ -74,6 +74,10 @@ async fn garbage_links_and_codes_are_typed_errors() {
     ));
     assert!(matches!(
         w.grant("abcd", "x").await,
+        Err(WalletError::UnknownRequest(_))
+    ));
+    assert!(matches!(
+        w.sync().await,
         Err(WalletError::BrokerUnreachable { .. })
     ));
     assert!(matches!(
