@@ -10,7 +10,8 @@ use p1consent_shared::consent::{
     ConsentState, ConsentStatus, RequestError, SignedReceipt, log::RotationReason,
 };
 use p1consent_shared::{
-    consent::{Event, LogWriter, Role, ThreadEnvelope},
+    consent::{Event, LogWriter, Role, ThreadEnvelope, ThreadKey, log::WriterState},
+    crypto::{OpaqueId, SigningIdentity},
     mqtt::{self, LinkConfig, LinkEvent},
     pairing::{PairingInvite, PairingOffer, RejectReason},
     topics::{self, InboxItem},
@@ -188,6 +189,48 @@ async fn grant_revoke_receipt_and_rebuild() {
     let (a, b): (ConsentState, ConsentState) = (wallet.state_at(t), second.state_at(t));
     assert_eq!(a, b);
     assert_eq!(a.consents.len(), 1);
+
+    // A hostile broker: garbage and a forged owner entry on the device thread's log, the
+    // owner's first entry overwritten, junk in the owner index. Nothing of it counts, and
+    // what the wallet verified before stays.
+    let dev_tid = a.devices[&agent.device].thread_id;
+    let forged = LogWriter::resume(
+        dev_tid,
+        Role::Owner,
+        WriterState {
+            next_seq: 50,
+            prev_hash: [0; 32],
+            last_time_ms: 0,
+        },
+    )
+    .append(
+        &SigningIdentity::generate(),
+        &ThreadKey::from_bytes([9; 32]),
+        p1consent_wallet::wallet::now_ms(),
+        &Event::DeviceUnpaired {
+            device: agent.device,
+        },
+    )
+    .expect("forged entry");
+    let url = mosq.url();
+    publish_retained(&url, topics::log_entry(&dev_tid, 1, 50), forged).await;
+    publish_retained(&url, topics::log_entry(&dev_tid, 2, 7), b"garbage".to_vec()).await;
+    publish_retained(
+        &url,
+        topics::log_entry(&dev_tid, 1, 0),
+        b"\x12\x01\x01".to_vec(),
+    )
+    .await;
+    publish_retained(
+        &url,
+        topics::owner_index(&wallet.owner().opaque_id(), &OpaqueId::random()),
+        b"junk".to_vec(),
+    )
+    .await;
+    let rejected = wallet.refresh().await.expect("refresh");
+    assert!(rejected.len() >= 3, "{rejected:?}");
+    assert_eq!(wallet.state_at(t), a);
+    assert!(wallet.verify_log().iter().all(|r| r.rejected.is_empty()));
 
     // Unpair from the second wallet: the first one sees it after a refresh.
     second.unpair(&device_id).await.expect("unpair");
