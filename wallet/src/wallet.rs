@@ -928,3 +928,88 @@ fn verify_thread(
         provider,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use p1consent_shared::crypto::{KemSecretKey, KemSuite, SigningIdentity};
+
+    use super::*;
+
+    /// A device thread with owner and device entries, as bytes in writing order.
+    fn device_thread(id: &OwnerIdentity, device: &SigningIdentity) -> (OpaqueId, Vec<Vec<u8>>) {
+        let kem = KemSecretKey::generate(KemSuite::X25519MlKem768);
+        let tid = id.root.device_thread_id(&device.public());
+        let key = id.root.thread_key(&tid);
+        let mut owner = LogWriter::new(tid, Role::Owner);
+        let mut dev = LogWriter::new(tid, Role::Device);
+        let mut out = vec![
+            owner
+                .append(
+                    &id.signing,
+                    &key,
+                    1_000,
+                    &Event::DevicePaired {
+                        device: device.public(),
+                        device_kem: kem.public().clone(),
+                        label: "hall".into(),
+                    },
+                )
+                .unwrap(),
+        ];
+        for i in 0..3 {
+            out.push(
+                dev.append(
+                    device,
+                    &key,
+                    2_000 + i,
+                    &Event::KeyRotated {
+                        channel_id: OpaqueId([i as u8; 16]),
+                        epoch: i as u32,
+                        reason: p1consent_shared::consent::log::RotationReason::Other,
+                    },
+                )
+                .unwrap(),
+            );
+        }
+        (tid, out)
+    }
+
+    #[test]
+    fn thread_verification_ignores_order_and_duplicates_and_learns_the_device() {
+        let id = OwnerIdentity::generate();
+        let device = SigningIdentity::generate();
+        let (tid, entries) = device_thread(&id, &device);
+        let mut shuffled: Vec<Vec<u8>> = entries.iter().rev().cloned().collect();
+        shuffled.push(entries[1].clone());
+        let c = verify_thread(&id, tid, None, None, shuffled);
+        assert!(c.rejected.is_empty(), "{:?}", c.rejected);
+        assert_eq!(c.accepted.len(), 4);
+        assert_eq!(c.device, Some(device.public()));
+        assert_eq!(c.provider, None);
+        let state = ConsentState::fold(c.log.entries(), 10);
+        assert_eq!(
+            state.devices[&device.public()].last_rotation.unwrap().epoch,
+            2
+        );
+    }
+
+    #[test]
+    fn tampered_forged_and_gapped_entries_are_refused() {
+        let id = OwnerIdentity::generate();
+        let device = SigningIdentity::generate();
+        let (tid, entries) = device_thread(&id, &device);
+        let mut tampered = entries[2].clone();
+        let n = tampered.len();
+        tampered[n - 70] ^= 1;
+        // Missing entry #1 of the device: #2 cannot link.
+        let input = vec![entries[0].clone(), tampered, entries[3].clone()];
+        let c = verify_thread(&id, tid, None, None, input);
+        assert_eq!(c.accepted.len(), 1);
+        assert_eq!(c.rejected.len(), 2);
+        // Another owner's thread: nothing verifies.
+        let other = OwnerIdentity::generate();
+        let c = verify_thread(&other, tid, None, None, entries);
+        assert!(c.accepted.is_empty());
+        assert_eq!(c.device, None);
+    }
+}
