@@ -225,7 +225,7 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
             },
         )
         .unwrap();
-    ol.publish(topics::log_entry(&dtid, 1, 0), paired).await;
+    ol.publish(topics::log_entry(&dtid, 1, 0), paired.clone()).await;
 
     // Provider: keys and request; the owner verifies the link.
     let keys = ProviderKeys::generate(KemSuite::DEFAULT);
@@ -343,6 +343,7 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
             .any(|h| h.seq >= last + 4)
     })
     .await;
+    let restart_at = log.len();
     let mut provider =
         Provider::connect_with(keys.duplicate(), &url, provider_dir.path(), options()).unwrap();
     let mut after = Vec::new();
@@ -361,17 +362,112 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
         "the restart must continue right after the last reading: {after:?}"
     );
     assert!(after.windows(2).all(|w| w[1] == w[0] + 1), "{after:?}");
+    // Records sealed between the key delivery and the provider's subscription to the
+    // channel are not retained: a Gap at the very start is reported honestly. After the
+    // restart there must be neither gaps nor duplicates.
     assert!(
-        !log.iter()
+        !log[restart_at..]
+            .iter()
             .any(|e| matches!(e, ProviderEvent::Duplicate { .. } | ProviderEvent::Gap { .. })),
-        "no duplicates or gaps expected: {log:#?}"
+        "no duplicates or gaps expected after the restart: {:#?}",
+        &log[restart_at..]
     );
+    assert!(!log.iter().any(|e| matches!(e, ProviderEvent::Duplicate { .. })));
     assert!(
         !log.iter().any(|e| matches!(e, ProviderEvent::Rejected { .. })),
         "nothing should be rejected: {log:#?}"
     );
 
-    // Revoke with erasure.
+    // A second provider asks for the same view: it shares the channel. The device rotates
+    // to a fresh epoch for the newcomer; provider A stays a reader and follows the rotation.
+    let keys_b = ProviderKeys::generate(KemSuite::DEFAULT);
+    let provider_b_dir = tempfile::tempdir().unwrap();
+    let request_b = SignedRequest::from_link(
+        &RequestBuilder::new("Beta Grid", "privacy@beta.example")
+            .purpose("Grid congestion research")
+            .fields(fields)
+            .resolution(Resolution::Raw)
+            .retention_days(1)
+            .valid_for(3600)
+            .build(&keys_b)
+            .unwrap()
+            .to_link(),
+        now_ms() / 1000,
+    )
+    .unwrap()
+    .into_signed();
+    let consent_b = request_b.consent_id();
+    let mut provider_b = Provider::connect_with(
+        keys_b.duplicate(),
+        &url,
+        provider_b_dir.path(),
+        ProviderOptions {
+            client_id: Some("provider-b".into()),
+            ..ProviderOptions::default()
+        },
+    )
+    .unwrap();
+    let mut log_b = Vec::new();
+    wait_event(&mut provider_b, &mut log_b, "B connected", |e| {
+        matches!(e, ProviderEvent::Connected)
+    })
+    .await;
+    let ctid_b = root.consent_thread_id(&device, &keys_b.public());
+    let env_b = ThreadEnvelope::create(
+        &owner,
+        &root,
+        ctid_b,
+        &[
+            (Role::Device, device_id.kem.public()),
+            (Role::Provider, keys_b.kem_public()),
+        ],
+    )
+    .unwrap();
+    ol.publish(
+        topics::inbox(&device.opaque_id(), &InboxItem::Thread(ctid_b)),
+        env_b.clone(),
+    )
+    .await;
+    ol.publish(
+        topics::inbox(&keys_b.public().opaque_id(), &InboxItem::Thread(ctid_b)),
+        env_b,
+    )
+    .await;
+    let grant_b = Grant::new(
+        &request_b,
+        device,
+        fields,
+        Resolution::Raw,
+        now_ms() / 1000 + 1800,
+    )
+    .unwrap();
+    let granted_b = LogWriter::new(ctid_b, Role::Owner)
+        .append(
+            &owner,
+            &root.thread_key(&ctid_b),
+            now_ms(),
+            &Event::ConsentGranted(Box::new(grant_b)),
+        )
+        .unwrap();
+    ol.publish(topics::log_entry(&ctid_b, 1, 0), granted_b).await;
+    wait_event(&mut provider_b, &mut log_b, "B's key", |e| {
+        matches!(e, ProviderEvent::KeyReceived { channel: c, .. } if *c == ch)
+    })
+    .await;
+    wait_event(&mut provider, &mut log, "A follows the rotation", |e| {
+        matches!(e, ProviderEvent::Rotated { consent: c, epoch: 1 } if *c == consent)
+    })
+    .await;
+    wait_event(&mut provider, &mut log, "A reads in the new epoch", |e| {
+        matches!(e, ProviderEvent::Reading { .. })
+    })
+    .await;
+    wait_event(&mut provider_b, &mut log_b, "B reads", |e| {
+        matches!(e, ProviderEvent::Reading { consent: c, .. } if *c == consent_b)
+    })
+    .await;
+
+    // Revoke A with erasure.
     let revoked_at = now_ms();
     let revoke = cw
         .append(
@@ -446,33 +542,43 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
             }
     });
     assert!(confirmed, "ErasureConfirmed by the provider verifies");
-    let state = p1consent_shared::consent::ConsentState::fold(verifier.entries(), now_ms() / 1000);
+    let mut device_log = ThreadLog::new(
+        dtid,
+        root.thread_key(&dtid),
+        Participants {
+            owner: owner.public(),
+            device: Some(device),
+            provider: None,
+        },
+    );
+    device_log.verify(&paired).unwrap();
+    let state = p1consent_shared::consent::ConsentState::fold(
+        device_log.entries().iter().chain(verifier.entries()),
+        now_ms() / 1000,
+    );
     assert!(state.consents[&consent].erasure_confirmed_at_ms.is_some());
 
     // Cryptographic cut-off, on captured messages: a reader built from the captured key
-    // delivery opens the records before the rotation and nothing sealed after it.
-    let rotation_seq = {
-        let mut found = None;
-        spy.wait_until("rotation and two records after it", |m| {
-            let hs: Vec<_> = channel_records(m, &ch)
+    // delivery opens everything up to the rotation that removed A and nothing sealed after
+    // it (provider B keeps the channel alive).
+    spy.wait_until("A's removal rotation and two records after it", |m| {
+        let hs: Vec<_> = channel_records(m, &ch)
+            .iter()
+            .filter_map(|r| channel::peek(r).ok())
+            .collect();
+        let rotations: Vec<u64> = hs
+            .iter()
+            .filter(|h| h.kind == RecordKind::Rotation)
+            .map(|h| h.seq)
+            .collect();
+        rotations.len() >= 2
+            && hs
                 .iter()
-                .filter_map(|r| channel::peek(r).ok())
-                .collect();
-            hs.iter()
-                .find(|h| h.kind == RecordKind::Rotation)
-                .is_some_and(|rot| hs.iter().filter(|h| h.seq > rot.seq).count() >= 2)
-        })
-        .await;
-        for r in channel_records(&spy.messages(), &ch) {
-            if let Ok(h) = channel::peek(&r)
-                && h.kind == RecordKind::Rotation
-            {
-                found = Some(h.seq);
-                break;
-            }
-        }
-        found.unwrap()
-    };
+                .filter(|h| h.seq > rotations[rotations.len() - 1])
+                .count()
+                >= 2
+    })
+    .await;
     let msgs = spy.messages();
     let delivery = msgs
         .iter()
@@ -485,35 +591,49 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
         .clone();
     let mut reader = ChannelReader::from_delivery(&delivery, &device, keys.kem()).unwrap();
     let start = reader.next_seq();
+    let mut cut: Option<u64> = None;
     let mut opened_before = 0;
-    let mut after_rotation = 0;
+    let mut refused_after = 0;
     let mut seen = std::collections::BTreeSet::new();
     for r in channel_records(&msgs, &ch) {
         let h = channel::peek(&r).unwrap();
         if h.seq < start || !seen.insert(h.seq) {
             continue;
         }
-        let res = reader.open(&r);
-        if h.seq < rotation_seq {
-            assert!(matches!(res, Ok(Opened::Data { .. })), "seq {}: {res:?}", h.seq);
-            opened_before += 1;
-        } else if h.seq == rotation_seq {
-            assert_eq!(res, Err(OpenError::NotAuthorised));
+        let res = if cut.is_none() {
+            reader.open_accepting_gap(&r)
         } else {
-            assert!(
-                matches!(res, Err(OpenError::NotAuthorised) | Err(OpenError::UnknownEpoch { .. })),
-                "record {} after the rotation must not open: {res:?}",
-                h.seq
-            );
-            after_rotation += 1;
+            reader.open(&r)
+        };
+        match (cut, res) {
+            (None, Ok(Opened::Data { .. })) | (None, Ok(Opened::Rotated { .. })) => {
+                opened_before += 1
+            }
+            (None, Err(OpenError::NotAuthorised)) => {
+                assert_eq!(h.kind, RecordKind::Rotation);
+                cut = Some(h.seq);
+            }
+            (Some(_), Err(OpenError::NotAuthorised))
+            | (Some(_), Err(OpenError::UnknownEpoch { .. })) => refused_after += 1,
+            (c, res) => panic!("record {} (cut {c:?}): unexpected {res:?}", h.seq),
         }
     }
+    let rotation_seq = cut.expect("a rotation left A out");
     assert!(opened_before >= 5);
-    assert!(after_rotation >= 2);
+    assert!(refused_after >= 2, "records sealed after the rotation exist");
     // And the provider itself produced no reading sealed after the rotation.
     assert!(!log.iter().any(
         |e| matches!(e, ProviderEvent::Reading { seq, .. } if *seq > rotation_seq)
     ));
+    // B follows the rotation that removed A and keeps reading.
+    wait_event(&mut provider_b, &mut log_b, "B follows A's removal", |e| {
+        matches!(e, ProviderEvent::Rotated { consent: c, epoch: 2 } if *c == consent_b)
+    })
+    .await;
+    wait_event(&mut provider_b, &mut log_b, "B reads after A's removal", |e| {
+        matches!(e, ProviderEvent::Reading { seq, .. } if *seq > rotation_seq)
+    })
+    .await;
     // The device cleared the retained key delivery.
     spy.wait_until("retained key delivery cleared", |m| {
         m.iter().any(|x| {
