@@ -84,6 +84,8 @@ impl ConsentPhase {
 }
 
 /// What the provider saw. Integrity problems are events too: they never stop the stream.
+// A reading is the common case; boxing it would add an allocation to every record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderEvent {
     /// Connected (or reconnected) to the broker and subscribed.
@@ -340,8 +342,8 @@ impl Provider {
                 continue;
             };
             if let Some(r) = &c.reader {
-                let restored = crypto::unhex(r)
-                    .and_then(|b| ChannelReader::from_bytes(&b, keys.kem()).ok());
+                let restored =
+                    crypto::unhex(r).and_then(|b| ChannelReader::from_bytes(&b, keys.kem()).ok());
                 match restored {
                     Some(reader) => {
                         subs.push(topics::channel(&reader.channel_id()));
@@ -576,7 +578,12 @@ impl Provider {
         let _ = self.handle.subscribe(topics::log_filter(&tid));
     }
 
-    fn on_entry(&mut self, topic: &str, tid: OpaqueId, payload: &[u8]) -> Result<(), ProviderError> {
+    fn on_entry(
+        &mut self,
+        topic: &str,
+        tid: OpaqueId,
+        payload: &[u8],
+    ) -> Result<(), ProviderError> {
         let Some(t) = self.threads.get_mut(&tid) else {
             // Entries of a thread we have no key for: nothing to do.
             return Ok(());
@@ -654,35 +661,32 @@ impl Provider {
                     return Ok(());
                 }
                 let cid = grant.consent_id;
-                if !self.consents.contains_key(&cid) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = self.consents.entry(cid) {
                     let active = grant.expires_at > now_ms() / 1000;
-                    self.consents.insert(
-                        cid,
-                        ConsentInfo {
-                            consent: cid.to_hex(),
-                            thread: tid.to_hex(),
-                            owner: author.to_hex(),
-                            device: grant.device.to_hex(),
-                            controller: req.controller.clone(),
-                            purpose: req.purpose.clone(),
-                            fields: grant.fields.iter().map(|f| f.name().to_string()).collect(),
-                            resolution: grant.resolution.name().to_string(),
-                            retention_days: req.retention_days,
-                            expires_at: grant.expires_at,
-                            phase: if active {
-                                ConsentPhase::Active
-                            } else {
-                                ConsentPhase::Expired
-                            },
-                            channel: None,
-                            epoch: None,
-                            next_seq: None,
-                            readings: 0,
-                            erasure_entry: None,
-                            reader: None,
-                            delivery_ts: 0,
+                    slot.insert(ConsentInfo {
+                        consent: cid.to_hex(),
+                        thread: tid.to_hex(),
+                        owner: author.to_hex(),
+                        device: grant.device.to_hex(),
+                        controller: req.controller.clone(),
+                        purpose: req.purpose.clone(),
+                        fields: grant.fields.iter().map(|f| f.name().to_string()).collect(),
+                        resolution: grant.resolution.name().to_string(),
+                        retention_days: req.retention_days,
+                        expires_at: grant.expires_at,
+                        phase: if active {
+                            ConsentPhase::Active
+                        } else {
+                            ConsentPhase::Expired
                         },
-                    );
+                        channel: None,
+                        epoch: None,
+                        next_seq: None,
+                        readings: 0,
+                        erasure_entry: None,
+                        reader: None,
+                        delivery_ts: 0,
+                    });
                     self.dirty = true;
                     self.queue.push_back(ProviderEvent::Granted {
                         consent: cid,

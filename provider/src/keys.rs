@@ -96,7 +96,9 @@ impl KdfParams {
             return Err(KeyFileError::Corrupt("Argon2 memory cost out of range"));
         }
         if self.t_cost == 0 || self.t_cost > 100 || self.p_cost == 0 || self.p_cost > 16 {
-            return Err(KeyFileError::Corrupt("Argon2 time or lane cost out of range"));
+            return Err(KeyFileError::Corrupt(
+                "Argon2 time or lane cost out of range",
+            ));
         }
         Ok(())
     }

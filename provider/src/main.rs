@@ -23,7 +23,11 @@ const EXIT_REVOKED: u8 = 3;
 const EXIT_EXPIRED: u8 = 4;
 
 #[derive(Parser)]
-#[command(name = "p1consent-provider", version, about = "P1 Consent provider: request and receive smart-meter data with the owner's consent")]
+#[command(
+    name = "p1consent-provider",
+    version,
+    about = "P1 Consent provider: request and receive smart-meter data with the owner's consent"
+)]
 struct Cli {
     /// Directory for the key file, the state and received data.
     #[arg(long, env = "P1C_PROVIDER_DIR", default_value = "p1consent-provider")]
@@ -447,7 +451,11 @@ async fn listen(
                 ..
             } => eprintln!(
                 "GRANTED consent {consent}: {} at {} until {expires_at}",
-                fields.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
+                fields
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 resolution.name()
             ),
             ProviderEvent::KeyReceived {
@@ -490,9 +498,9 @@ async fn listen(
             ProviderEvent::Duplicate { consent, seq } => {
                 eprintln!("duplicate record {seq} of consent {consent} dropped")
             }
-            ProviderEvent::Rejected {
-                topic, reason, ..
-            } => eprintln!("REJECTED message on {topic}: {reason}"),
+            ProviderEvent::Rejected { topic, reason, .. } => {
+                eprintln!("REJECTED message on {topic}: {reason}")
+            }
         }
         if let Some(code) = ended
             && !provider.has_active()

@@ -147,9 +147,15 @@ async fn wait_event(
     }
 }
 
-fn start_agent(url: &str, dir: &std::path::Path, owner: &PublicId) -> (DeviceIdentity, watch::Sender<bool>) {
-    let mut cfg = AgentConfig::default();
-    cfg.state_dir = dir.to_path_buf();
+fn start_agent(
+    url: &str,
+    dir: &std::path::Path,
+    owner: &PublicId,
+) -> (DeviceIdentity, watch::Sender<bool>) {
+    let mut cfg = AgentConfig {
+        state_dir: dir.to_path_buf(),
+        ..AgentConfig::default()
+    };
     cfg.meter.source = SourceKind::Simulator;
     cfg.meter.simulator_interval_ms = 200;
     cfg.broker.url = Some(url.to_string());
@@ -207,11 +213,18 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
 
     // Device thread: envelope to the device, DevicePaired.
     let dtid = root.device_thread_id(&device);
-    let denv =
-        ThreadEnvelope::create(&owner, &root, dtid, &[(Role::Device, device_id.kem.public())])
-            .unwrap();
-    ol.publish(topics::inbox(&device.opaque_id(), &InboxItem::Thread(dtid)), denv)
-        .await;
+    let denv = ThreadEnvelope::create(
+        &owner,
+        &root,
+        dtid,
+        &[(Role::Device, device_id.kem.public())],
+    )
+    .unwrap();
+    ol.publish(
+        topics::inbox(&device.opaque_id(), &InboxItem::Thread(dtid)),
+        denv,
+    )
+    .await;
     let mut dw = LogWriter::new(dtid, Role::Owner);
     let paired = dw
         .append(
@@ -225,7 +238,8 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
             },
         )
         .unwrap();
-    ol.publish(topics::log_entry(&dtid, 1, 0), paired.clone()).await;
+    ol.publish(topics::log_entry(&dtid, 1, 0), paired.clone())
+        .await;
 
     // Provider: keys and request; the owner verifies the link.
     let keys = ProviderKeys::generate(KemSuite::DEFAULT);
@@ -287,7 +301,12 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
     )
     .unwrap();
     let granted = cw
-        .append(&owner, &ckey, now_ms(), &Event::ConsentGranted(Box::new(grant)))
+        .append(
+            &owner,
+            &ckey,
+            now_ms(),
+            &Event::ConsentGranted(Box::new(grant)),
+        )
         .unwrap();
     ol.publish(topics::log_entry(&ctid, 1, 0), granted).await;
 
@@ -295,7 +314,9 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
         matches!(e, ProviderEvent::Granted { .. })
     })
     .await;
-    assert!(matches!(ev, ProviderEvent::Granted { consent: c, device: d, .. } if c == consent && d == device));
+    assert!(
+        matches!(ev, ProviderEvent::Granted { consent: c, device: d, .. } if c == consent && d == device)
+    );
     let ev = wait_event(&mut provider, &mut log, "key", |e| {
         matches!(e, ProviderEvent::KeyReceived { .. })
     })
@@ -324,7 +345,10 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
         let r = payload.as_reading().expect("raw view gives readings");
         assert!(r.power_delivered_kw.is_some());
         assert!(r.energy_delivered_total_kwh.is_some() || r.energy_delivered_tariff1_kwh.is_some());
-        assert!(r.voltage_l1_v.is_none(), "a field that was not granted arrived");
+        assert!(
+            r.voltage_l1_v.is_none(),
+            "a field that was not granted arrived"
+        );
         assert!(r.gas.is_none(), "a field that was not granted arrived");
         seqs.push(seq);
     }
@@ -366,15 +390,20 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
     // channel are not retained: a Gap at the very start is reported honestly. After the
     // restart there must be neither gaps nor duplicates.
     assert!(
-        !log[restart_at..]
-            .iter()
-            .any(|e| matches!(e, ProviderEvent::Duplicate { .. } | ProviderEvent::Gap { .. })),
+        !log[restart_at..].iter().any(|e| matches!(
+            e,
+            ProviderEvent::Duplicate { .. } | ProviderEvent::Gap { .. }
+        )),
         "no duplicates or gaps expected after the restart: {:#?}",
         &log[restart_at..]
     );
-    assert!(!log.iter().any(|e| matches!(e, ProviderEvent::Duplicate { .. })));
     assert!(
-        !log.iter().any(|e| matches!(e, ProviderEvent::Rejected { .. })),
+        !log.iter()
+            .any(|e| matches!(e, ProviderEvent::Duplicate { .. }))
+    );
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, ProviderEvent::Rejected { .. })),
         "nothing should be rejected: {log:#?}"
     );
 
@@ -449,22 +478,32 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
             &Event::ConsentGranted(Box::new(grant_b)),
         )
         .unwrap();
-    ol.publish(topics::log_entry(&ctid_b, 1, 0), granted_b).await;
-    wait_event(&mut provider_b, &mut log_b, "B's key", |e| {
-        matches!(e, ProviderEvent::KeyReceived { channel: c, .. } if *c == ch)
-    })
+    ol.publish(topics::log_entry(&ctid_b, 1, 0), granted_b)
+        .await;
+    wait_event(
+        &mut provider_b,
+        &mut log_b,
+        "B's key",
+        |e| matches!(e, ProviderEvent::KeyReceived { channel: c, .. } if *c == ch),
+    )
     .await;
-    wait_event(&mut provider, &mut log, "A follows the rotation", |e| {
-        matches!(e, ProviderEvent::Rotated { consent: c, epoch: 1 } if *c == consent)
-    })
+    wait_event(
+        &mut provider,
+        &mut log,
+        "A follows the rotation",
+        |e| matches!(e, ProviderEvent::Rotated { consent: c, epoch: 1 } if *c == consent),
+    )
     .await;
     wait_event(&mut provider, &mut log, "A reads in the new epoch", |e| {
         matches!(e, ProviderEvent::Reading { .. })
     })
     .await;
-    wait_event(&mut provider_b, &mut log_b, "B reads", |e| {
-        matches!(e, ProviderEvent::Reading { consent: c, .. } if *c == consent_b)
-    })
+    wait_event(
+        &mut provider_b,
+        &mut log_b,
+        "B reads",
+        |e| matches!(e, ProviderEvent::Reading { consent: c, .. } if *c == consent_b),
+    )
     .await;
 
     // Revoke A with erasure.
@@ -485,9 +524,12 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
         matches!(e, ProviderEvent::Revoked { consent: c, erase_requested: true } if *c == consent)
     })
     .await;
-    wait_event(&mut provider, &mut log, "erasure", |e| {
-        matches!(e, ProviderEvent::Erased { consent: c } if *c == consent)
-    })
+    wait_event(
+        &mut provider,
+        &mut log,
+        "erasure",
+        |e| matches!(e, ProviderEvent::Erased { consent: c } if *c == consent),
+    )
     .await;
     provider.flush(WAIT).await.unwrap();
     assert!(!data_file.exists(), "stored data must be deleted");
@@ -499,7 +541,11 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
     assert_eq!(info.phase, ConsentPhase::Erased);
     assert!(!provider.has_active());
     let on_disk = p1consent_provider::read_state(&keys, provider_dir.path()).unwrap();
-    assert!(on_disk.iter().all(|c| c.channel.is_none() && c.phase == ConsentPhase::Erased));
+    assert!(
+        on_disk
+            .iter()
+            .all(|c| c.channel.is_none() && c.phase == ConsentPhase::Erased)
+    );
 
     // The ErasureConfirmed entry verifies as the owner reads it.
     let entry_prefix = format!("{}/log/{ctid}/", topics::PREFIX);
@@ -537,9 +583,10 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
     let confirmed = verifier.entries().iter().any(|e| {
         e.role == Role::Provider
             && e.author == keys.public()
-            && e.event == Event::ErasureConfirmed {
-                consent_id: consent,
-            }
+            && e.event
+                == Event::ErasureConfirmed {
+                    consent_id: consent,
+                }
     });
     assert!(confirmed, "ErasureConfirmed by the provider verifies");
     let mut device_log = ThreadLog::new(
@@ -620,19 +667,29 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
     }
     let rotation_seq = cut.expect("a rotation left A out");
     assert!(opened_before >= 5);
-    assert!(refused_after >= 2, "records sealed after the rotation exist");
+    assert!(
+        refused_after >= 2,
+        "records sealed after the rotation exist"
+    );
     // And the provider itself produced no reading sealed after the rotation.
-    assert!(!log.iter().any(
-        |e| matches!(e, ProviderEvent::Reading { seq, .. } if *seq > rotation_seq)
-    ));
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, ProviderEvent::Reading { seq, .. } if *seq > rotation_seq))
+    );
     // B follows the rotation that removed A and keeps reading.
-    wait_event(&mut provider_b, &mut log_b, "B follows A's removal", |e| {
-        matches!(e, ProviderEvent::Rotated { consent: c, epoch: 2 } if *c == consent_b)
-    })
+    wait_event(
+        &mut provider_b,
+        &mut log_b,
+        "B follows A's removal",
+        |e| matches!(e, ProviderEvent::Rotated { consent: c, epoch: 2 } if *c == consent_b),
+    )
     .await;
-    wait_event(&mut provider_b, &mut log_b, "B reads after A's removal", |e| {
-        matches!(e, ProviderEvent::Reading { seq, .. } if *seq > rotation_seq)
-    })
+    wait_event(
+        &mut provider_b,
+        &mut log_b,
+        "B reads after A's removal",
+        |e| matches!(e, ProviderEvent::Reading { seq, .. } if *seq > rotation_seq),
+    )
     .await;
     // The device cleared the retained key delivery.
     spy.wait_until("retained key delivery cleared", |m| {

@@ -75,7 +75,10 @@ fn tampered_key_files_are_detected() {
         t[i] ^= 0x01;
         let r = ProviderKeys::from_file_bytes(&t, Some("pass phrase"));
         assert!(
-            matches!(r, Err(KeyFileError::WrongPassphrase) | Err(KeyFileError::Corrupt(_))),
+            matches!(
+                r,
+                Err(KeyFileError::WrongPassphrase) | Err(KeyFileError::Corrupt(_))
+            ),
             "byte {i} flipped was not detected"
         );
     }
