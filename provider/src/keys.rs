@@ -132,7 +132,7 @@ pub enum Protection<'a> {
 /// let dir = std::env::temp_dir().join(format!("p1c-doc-keys-{}", std::process::id()));
 /// std::fs::create_dir_all(&dir)?;
 /// let path = dir.join("provider.key");
-/// let keys = ProviderKeys::generate(Default::default());
+/// let keys = ProviderKeys::generate(p1consent_shared::crypto::KemSuite::DEFAULT);
 /// keys.save(&path, Protection::Passphrase("correct horse", KdfParams::insecure_fast()))?;
 /// let back = ProviderKeys::load(&path, Some("correct horse"))?;
 /// assert_eq!(back.public(), keys.public());

@@ -28,7 +28,7 @@ pub enum BuildError {
 /// use p1consent_provider::{ProviderKeys, RequestBuilder};
 /// use p1consent_shared::consent::{Field, FieldSet, Resolution, SignedRequest};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let keys = ProviderKeys::generate(Default::default());
+/// let keys = ProviderKeys::generate(p1consent_shared::crypto::KemSuite::DEFAULT);
 /// let now = 1_767_225_600;
 /// let req = RequestBuilder::new("Wattt Insights B.V.", "privacy@wattt.example")
 ///     .purpose("Energy saving advice")
