@@ -729,3 +729,148 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
     );
     assert!(!data_file.exists());
 }
+
+/// The CLI's `listen` against the real agent: JSON lines per reading, and a clear message
+/// and exit code 4 when the consent expires (by the provider's clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_listen_prints_readings_and_exits_on_expiry() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let cli_dir = tempfile::tempdir().unwrap();
+    let owner = SigningIdentity::generate();
+    let root = OwnerRoot::from_identity(&owner);
+    let (device_id, _agent_shutdown) = start_agent(&url, agent_dir.path(), &owner.public());
+    let device = device_id.public();
+    let mut ol = OwnerLink::connect(&url).await;
+    let dtid = root.device_thread_id(&device);
+    let denv = ThreadEnvelope::create(
+        &owner,
+        &root,
+        dtid,
+        &[(Role::Device, device_id.kem.public())],
+    )
+    .unwrap();
+    ol.publish(
+        topics::inbox(&device.opaque_id(), &InboxItem::Thread(dtid)),
+        denv,
+    )
+    .await;
+    let paired = LogWriter::new(dtid, Role::Owner)
+        .append(
+            &owner,
+            &root.thread_key(&dtid),
+            now_ms(),
+            &Event::DevicePaired {
+                device,
+                device_kem: device_id.kem.public().clone(),
+                label: "meter".into(),
+            },
+        )
+        .unwrap();
+    ol.publish(topics::log_entry(&dtid, 1, 0), paired).await;
+
+    let keys = ProviderKeys::generate(KemSuite::DEFAULT);
+    keys.save(
+        &cli_dir.path().join("provider.key"),
+        p1consent_provider::Protection::Unprotected,
+    )
+    .unwrap();
+    let fields = FieldSet::empty().with(Field::PowerDelivered);
+    let request = SignedRequest::from_link(
+        &RequestBuilder::new("Acme", "dpo@acme.example")
+            .purpose("Short trial")
+            .fields(fields)
+            .resolution(Resolution::Raw)
+            .valid_for(600)
+            .build(&keys)
+            .unwrap()
+            .to_link(),
+        now_ms() / 1000,
+    )
+    .unwrap()
+    .into_signed();
+    let consent = request.consent_id();
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_p1consent-provider"))
+        .args([
+            "--dir",
+            cli_dir.path().to_str().unwrap(),
+            "--insecure-no-passphrase",
+            "listen",
+            "--broker",
+            &url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let out_task = tokio::task::spawn_blocking(move || std::io::read_to_string(stdout));
+    let err_task = tokio::task::spawn_blocking(move || std::io::read_to_string(stderr));
+
+    let ctid = root.consent_thread_id(&device, &keys.public());
+    let cenv = ThreadEnvelope::create(
+        &owner,
+        &root,
+        ctid,
+        &[
+            (Role::Device, device_id.kem.public()),
+            (Role::Provider, keys.kem_public()),
+        ],
+    )
+    .unwrap();
+    ol.publish(
+        topics::inbox(&device.opaque_id(), &InboxItem::Thread(ctid)),
+        cenv.clone(),
+    )
+    .await;
+    ol.publish(
+        topics::inbox(&keys.public().opaque_id(), &InboxItem::Thread(ctid)),
+        cenv,
+    )
+    .await;
+    let expires_at = now_ms() / 1000 + 6;
+    let grant = Grant::new(&request, device, fields, Resolution::Raw, expires_at).unwrap();
+    let granted = LogWriter::new(ctid, Role::Owner)
+        .append(
+            &owner,
+            &root.thread_key(&ctid),
+            now_ms(),
+            &Event::ConsentGranted(Box::new(grant)),
+        )
+        .unwrap();
+    ol.publish(topics::log_entry(&ctid, 1, 0), granted).await;
+
+    let status =
+        tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait())).await;
+    let status = match status {
+        Ok(s) => s.unwrap().unwrap(),
+        Err(_) => {
+            // Stop the process this test started, by its id.
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+            panic!("listen did not end when the consent expired");
+        }
+    };
+    let out = out_task.await.unwrap().unwrap();
+    let err = err_task.await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(4), "stderr: {err}");
+    assert!(err.contains("GRANTED"), "{err}");
+    assert!(err.contains("EXPIRED"), "{err}");
+    assert!(err.contains("consent expired"), "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty(), "no readings printed; stderr: {err}");
+    for l in &lines {
+        assert_eq!(l["consent"], consent.to_hex());
+        assert!(l["payload"]["power_delivered_kw"].is_number(), "{l}");
+        assert!(l["payload"].get("energy_delivered_total_kwh").is_none());
+        assert!(l["timestamp_ms"].as_u64().unwrap() <= expires_at * 1000 + 1000);
+    }
+}
