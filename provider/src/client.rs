@@ -434,6 +434,17 @@ impl Provider {
         }
     }
 
+    /// Ends the session cleanly: processes what the link already received (the broker
+    /// considers it delivered), persists the state and returns the resulting events, so
+    /// nothing acknowledged is lost and a later [`Provider::connect`] continues after it.
+    pub fn close(mut self) -> Result<Vec<ProviderEvent>, ProviderError> {
+        while let Ok(ev) = self.events.try_recv() {
+            self.on_link_event(ev)?;
+        }
+        self.persist_if_dirty()?;
+        Ok(self.queue.drain(..).collect())
+    }
+
     /// Waits until the broker acknowledged everything this provider published (e.g. the
     /// erasure confirmation), processing events meanwhile (they stay queued).
     pub async fn flush(&mut self, timeout: Duration) -> Result<(), ProviderError> {

@@ -88,7 +88,8 @@ enum Cmd {
         #[arg(long)]
         no_qr: bool,
     },
-    /// Receive data: one JSON line (or CSV row) per reading.
+    /// Receive data: one JSON line (or CSV row) per reading; events go to standard error.
+    /// Exits 0 on Ctrl-C, 3 when the last active consent was revoked, 4 when it expired.
     Listen {
         #[arg(long, env = "P1C_BROKER", default_value = "mqtt://127.0.0.1:1883")]
         broker: String,
@@ -415,6 +416,23 @@ async fn listen(
         let ev = tokio::select! {
             ev = provider.next_event() => ev?,
             _ = tokio::signal::ctrl_c() => {
+                // Keep what the broker already handed over (it will not send it again).
+                for ev in provider.close()? {
+                    if let ProviderEvent::Reading { consent, seq, timestamp_ms, payload } = &ev {
+                        let line = ReadingLine {
+                            consent: consent.to_hex(),
+                            seq: *seq,
+                            timestamp_ms: *timestamp_ms,
+                            payload,
+                        };
+                        let value = serde_json::to_value(&line)?;
+                        match format {
+                            Format::Json => writeln!(sink, "{value}")?,
+                            Format::Csv => write_csv(&mut sink, &mut csv_header, &value)?,
+                        }
+                    }
+                }
+                sink.flush()?;
                 eprintln!("stopped");
                 return Ok(ExitCode::SUCCESS);
             }
