@@ -1,0 +1,882 @@
+//! End to end with real parts: Debian's mosquitto (testkit), a real pi-agent in-process
+//! (simulated meter, external broker), the owner side written with shared's APIs, and the
+//! provider SDK. A spy client captures every message on the broker for assertions.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use p1consent_provider::{
+    ConsentPhase, Provider, ProviderEvent, ProviderKeys, ProviderOptions, RequestBuilder,
+};
+use p1consent_shared::{
+    channel::{self, ChannelReader, OpenError, Opened, RecordKind},
+    consent::{
+        Field, FieldSet, OwnerRoot, Resolution, Role, SignedRequest, ThreadEnvelope,
+        log::{Event, Grant, LogWriter, Participants, ThreadLog},
+    },
+    crypto::{KemSuite, OpaqueId, PublicId, SigningIdentity},
+    mqtt::{self, LinkConfig, LinkEvent, LinkHandle, Message},
+    topics::{self, InboxItem},
+};
+use p1consent_testkit::Mosquitto;
+use pi_agent::{
+    config::{AgentConfig, SourceKind},
+    identity::DeviceIdentity,
+    store::Store,
+};
+use tokio::sync::{mpsc, watch};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn now_ms() -> u64 {
+    p1consent_provider::now_ms()
+}
+
+/// A broker client that records every message under `p1c/v1/#`.
+struct Spy {
+    seen: Arc<Mutex<Vec<Message>>>,
+}
+
+impl Spy {
+    async fn start(url: &str) -> Self {
+        let mut lc = LinkConfig::new(url.parse().unwrap(), "spy");
+        lc.subscriptions = vec![format!("{}/#", topics::PREFIX)];
+        let mut link = mqtt::connect(lc).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let _handle = link.handle;
+            while let Some(ev) = link.events.recv().await {
+                match ev {
+                    LinkEvent::Message(m) => s2.lock().unwrap().push(m),
+                    LinkEvent::Connected => {
+                        let _ = ready_tx.send(());
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, ready_rx.recv())
+            .await
+            .expect("spy connects");
+        Self { seen }
+    }
+
+    fn messages(&self) -> Vec<Message> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    async fn wait_until(&self, what: &str, pred: impl Fn(&[Message]) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if pred(&self.messages()) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The owner's MQTT client: publishes retained messages and waits for the broker's ack.
+struct OwnerLink {
+    handle: LinkHandle,
+    events: mpsc::UnboundedReceiver<LinkEvent>,
+    token: u64,
+}
+
+impl OwnerLink {
+    async fn connect(url: &str) -> Self {
+        let link = mqtt::connect(LinkConfig::new(url.parse().unwrap(), "owner")).unwrap();
+        let mut o = Self {
+            handle: link.handle,
+            events: link.events,
+            token: 0,
+        };
+        o.wait(|e| *e == LinkEvent::Connected).await;
+        o
+    }
+
+    async fn wait(&mut self, pred: impl Fn(&LinkEvent) -> bool) {
+        tokio::time::timeout(WAIT, async {
+            while let Some(ev) = self.events.recv().await {
+                if pred(&ev) {
+                    return;
+                }
+            }
+            panic!("owner link closed");
+        })
+        .await
+        .expect("owner link event in time");
+    }
+
+    async fn publish(&mut self, topic: String, payload: Vec<u8>) {
+        self.token += 1;
+        let t = self.token;
+        self.handle.publish(t, topic, payload, true, None).unwrap();
+        self.wait(|e| *e == LinkEvent::Acked(t)).await;
+    }
+}
+
+/// Collects provider events until one matches.
+async fn wait_event(
+    p: &mut Provider,
+    log: &mut Vec<ProviderEvent>,
+    what: &str,
+    pred: impl Fn(&ProviderEvent) -> bool,
+) -> ProviderEvent {
+    let res = tokio::time::timeout(WAIT, async {
+        loop {
+            let ev = p.next_event().await.expect("provider stream");
+            log.push(ev.clone());
+            if pred(&ev) {
+                return ev;
+            }
+        }
+    })
+    .await;
+    match res {
+        Ok(ev) => ev,
+        Err(_) => panic!("timed out waiting for {what}; events so far: {log:#?}"),
+    }
+}
+
+fn start_agent(
+    url: &str,
+    dir: &std::path::Path,
+    owner: &PublicId,
+) -> (DeviceIdentity, watch::Sender<bool>) {
+    let mut cfg = AgentConfig {
+        state_dir: dir.to_path_buf(),
+        ..AgentConfig::default()
+    };
+    cfg.meter.source = SourceKind::Simulator;
+    cfg.meter.simulator_interval_ms = 200;
+    cfg.broker.url = Some(url.to_string());
+    // The agent is "paired" already: identity on disk and the owner in its store (what the
+    // pairing exchange leaves behind; pairing itself is the wallet's and agent's business).
+    let id = DeviceIdentity::generate(KemSuite::DEFAULT);
+    id.save(&cfg.identity_path()).unwrap();
+    {
+        let store = Store::open(&cfg.db_path()).unwrap();
+        store
+            .put(
+                "owner",
+                &serde_json::json!({"owner": owner.to_hex(), "paired_at": now_ms() / 1000}),
+            )
+            .unwrap();
+    }
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        if let Err(e) = pi_agent::agent::run(cfg, rx).await {
+            panic!("agent failed: {e}");
+        }
+    });
+    (id, tx)
+}
+
+fn options() -> ProviderOptions {
+    ProviderOptions {
+        client_id: Some("provider-under-test".into()),
+        ..ProviderOptions::default()
+    }
+}
+
+fn channel_records(msgs: &[Message], ch: &OpaqueId) -> Vec<Vec<u8>> {
+    let t = topics::channel(ch);
+    msgs.iter()
+        .filter(|m| m.topic == t && !m.payload.is_empty())
+        .map(|m| m.payload.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_read_restart_revoke_erase_with_real_agent() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let spy = Spy::start(&url).await;
+    let agent_dir = tempfile::tempdir().unwrap();
+    let provider_dir = tempfile::tempdir().unwrap();
+
+    // Owner.
+    let owner = SigningIdentity::generate();
+    let root = OwnerRoot::from_identity(&owner);
+    let (device_id, _agent_shutdown) = start_agent(&url, agent_dir.path(), &owner.public());
+    let device = device_id.public();
+    let mut ol = OwnerLink::connect(&url).await;
+
+    // Device thread: envelope to the device, DevicePaired.
+    let dtid = root.device_thread_id(&device);
+    let denv = ThreadEnvelope::create(
+        &owner,
+        &root,
+        dtid,
+        &[(Role::Device, device_id.kem.public())],
+    )
+    .unwrap();
+    ol.publish(
+        topics::inbox(&device.opaque_id(), &InboxItem::Thread(dtid)),
+        denv,
+    )
+    .await;
+    let mut dw = LogWriter::new(dtid, Role::Owner);
+    let paired = dw
+        .append(
+            &owner,
+            &root.thread_key(&dtid),
+            now_ms(),
+            &Event::DevicePaired {
+                device,
+                device_kem: device_id.kem.public().clone(),
+                label: "test meter".into(),
+            },
+        )
+        .unwrap();
+    ol.publish(topics::log_entry(&dtid, 1, 0), paired.clone())
+        .await;
+
+    // Provider: keys and request; the owner verifies the link.
+    let keys = ProviderKeys::generate(KemSuite::DEFAULT);
+    let fields = FieldSet::empty()
+        .with(Field::EnergyDelivered)
+        .with(Field::PowerDelivered);
+    let link = RequestBuilder::new("Acme Energy", "dpo@acme.example")
+        .purpose("Live energy dashboard")
+        .fields(fields)
+        .resolution(Resolution::Raw)
+        .retention_days(7)
+        .valid_for(3600)
+        .build(&keys)
+        .unwrap()
+        .to_link();
+    let request: SignedRequest = SignedRequest::from_link(&link, now_ms() / 1000)
+        .unwrap()
+        .into_signed();
+    let consent = request.consent_id();
+
+    let mut provider =
+        Provider::connect_with(keys.duplicate(), &url, provider_dir.path(), options()).unwrap();
+    let mut log = Vec::new();
+    wait_event(&mut provider, &mut log, "connected", |e| {
+        matches!(e, ProviderEvent::Connected)
+    })
+    .await;
+
+    // Grant: consent thread to device and provider, ConsentGranted.
+    let ctid = root.consent_thread_id(&device, &keys.public());
+    let cenv = ThreadEnvelope::create(
+        &owner,
+        &root,
+        ctid,
+        &[
+            (Role::Device, device_id.kem.public()),
+            (Role::Provider, keys.kem_public()),
+        ],
+    )
+    .unwrap();
+    ol.publish(
+        topics::inbox(&device.opaque_id(), &InboxItem::Thread(ctid)),
+        cenv.clone(),
+    )
+    .await;
+    ol.publish(
+        topics::inbox(&keys.public().opaque_id(), &InboxItem::Thread(ctid)),
+        cenv,
+    )
+    .await;
+    let ckey = root.thread_key(&ctid);
+    let mut cw = LogWriter::new(ctid, Role::Owner);
+    let grant = Grant::new(
+        &request,
+        device,
+        fields,
+        Resolution::Raw,
+        now_ms() / 1000 + 1800,
+    )
+    .unwrap();
+    let granted = cw
+        .append(
+            &owner,
+            &ckey,
+            now_ms(),
+            &Event::ConsentGranted(Box::new(grant)),
+        )
+        .unwrap();
+    ol.publish(topics::log_entry(&ctid, 1, 0), granted).await;
+
+    let ev = wait_event(&mut provider, &mut log, "grant", |e| {
+        matches!(e, ProviderEvent::Granted { .. })
+    })
+    .await;
+    assert!(
+        matches!(ev, ProviderEvent::Granted { consent: c, device: d, .. } if c == consent && d == device)
+    );
+    let ev = wait_event(&mut provider, &mut log, "key", |e| {
+        matches!(e, ProviderEvent::KeyReceived { .. })
+    })
+    .await;
+    let ProviderEvent::KeyReceived { channel: ch, .. } = ev else {
+        unreachable!()
+    };
+
+    // Readings flow and carry exactly the granted fields.
+    let mut seqs = Vec::new();
+    while seqs.len() < 5 {
+        let ev = wait_event(&mut provider, &mut log, "reading", |e| {
+            matches!(e, ProviderEvent::Reading { .. })
+        })
+        .await;
+        let ProviderEvent::Reading {
+            consent: c,
+            seq,
+            payload,
+            ..
+        } = ev
+        else {
+            unreachable!()
+        };
+        assert_eq!(c, consent);
+        let r = payload.as_reading().expect("raw view gives readings");
+        assert!(r.power_delivered_kw.is_some());
+        assert!(r.energy_delivered_total_kwh.is_some() || r.energy_delivered_tariff1_kwh.is_some());
+        assert!(
+            r.voltage_l1_v.is_none(),
+            "a field that was not granted arrived"
+        );
+        assert!(r.gas.is_none(), "a field that was not granted arrived");
+        seqs.push(seq);
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    let data_file = provider.data_file(&consent);
+    let stored = std::fs::read_to_string(&data_file).unwrap();
+    assert!(stored.lines().count() >= 5);
+
+    // Restart: drop the provider, let the device seal more, connect again from the data dir.
+    // A clean close keeps what the link already received.
+    for ev in provider.close().unwrap() {
+        if let ProviderEvent::Reading { seq, .. } = ev {
+            seqs.push(seq);
+        }
+        log.push(ev);
+    }
+    let last = *seqs.last().unwrap();
+    spy.wait_until("records sealed while the provider is away", |m| {
+        channel_records(m, &ch)
+            .iter()
+            .filter_map(|r| channel::peek(r).ok())
+            .any(|h| h.seq >= last + 4)
+    })
+    .await;
+    let restart_at = log.len();
+    let mut provider =
+        Provider::connect_with(keys.duplicate(), &url, provider_dir.path(), options()).unwrap();
+    let mut after = Vec::new();
+    while after.len() < 6 {
+        let ev = wait_event(&mut provider, &mut log, "reading after restart", |e| {
+            matches!(e, ProviderEvent::Reading { .. })
+        })
+        .await;
+        if let ProviderEvent::Reading { seq, .. } = ev {
+            after.push(seq);
+        }
+    }
+    assert_eq!(
+        after[0],
+        last + 1,
+        "the restart must continue right after the last reading: {after:?}"
+    );
+    assert!(after.windows(2).all(|w| w[1] == w[0] + 1), "{after:?}");
+    // Records sealed between the key delivery and the provider's subscription to the
+    // channel are not retained: a Gap at the very start is reported honestly. After the
+    // restart there must be neither gaps nor duplicates.
+    assert!(
+        !log[restart_at..].iter().any(|e| matches!(
+            e,
+            ProviderEvent::Duplicate { .. } | ProviderEvent::Gap { .. }
+        )),
+        "no duplicates or gaps expected after the restart: {:#?}",
+        &log[restart_at..]
+    );
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, ProviderEvent::Duplicate { .. }))
+    );
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, ProviderEvent::Rejected { .. })),
+        "nothing should be rejected: {log:#?}"
+    );
+
+    // A second provider asks for the same view: it shares the channel. The device rotates
+    // to a fresh epoch for the newcomer; provider A stays a reader and follows the rotation.
+    let keys_b = ProviderKeys::generate(KemSuite::DEFAULT);
+    let provider_b_dir = tempfile::tempdir().unwrap();
+    let request_b = SignedRequest::from_link(
+        &RequestBuilder::new("Beta Grid", "privacy@beta.example")
+            .purpose("Grid congestion research")
+            .fields(fields)
+            .resolution(Resolution::Raw)
+            .retention_days(1)
+            .valid_for(3600)
+            .build(&keys_b)
+            .unwrap()
+            .to_link(),
+        now_ms() / 1000,
+    )
+    .unwrap()
+    .into_signed();
+    let consent_b = request_b.consent_id();
+    let mut provider_b = Provider::connect_with(
+        keys_b.duplicate(),
+        &url,
+        provider_b_dir.path(),
+        ProviderOptions {
+            client_id: Some("provider-b".into()),
+            ..ProviderOptions::default()
+        },
+    )
+    .unwrap();
+    let mut log_b = Vec::new();
+    wait_event(&mut provider_b, &mut log_b, "B connected", |e| {
+        matches!(e, ProviderEvent::Connected)
+    })
+    .await;
+    let ctid_b = root.consent_thread_id(&device, &keys_b.public());
+    let env_b = ThreadEnvelope::create(
+        &owner,
+        &root,
+        ctid_b,
+        &[
+            (Role::Device, device_id.kem.public()),
+            (Role::Provider, keys_b.kem_public()),
+        ],
+    )
+    .unwrap();
+    ol.publish(
+        topics::inbox(&device.opaque_id(), &InboxItem::Thread(ctid_b)),
+        env_b.clone(),
+    )
+    .await;
+    ol.publish(
+        topics::inbox(&keys_b.public().opaque_id(), &InboxItem::Thread(ctid_b)),
+        env_b,
+    )
+    .await;
+    let grant_b = Grant::new(
+        &request_b,
+        device,
+        fields,
+        Resolution::Raw,
+        now_ms() / 1000 + 1800,
+    )
+    .unwrap();
+    let granted_b = LogWriter::new(ctid_b, Role::Owner)
+        .append(
+            &owner,
+            &root.thread_key(&ctid_b),
+            now_ms(),
+            &Event::ConsentGranted(Box::new(grant_b)),
+        )
+        .unwrap();
+    ol.publish(topics::log_entry(&ctid_b, 1, 0), granted_b)
+        .await;
+    wait_event(
+        &mut provider_b,
+        &mut log_b,
+        "B's key",
+        |e| matches!(e, ProviderEvent::KeyReceived { channel: c, .. } if *c == ch),
+    )
+    .await;
+    wait_event(
+        &mut provider,
+        &mut log,
+        "A follows the rotation",
+        |e| matches!(e, ProviderEvent::Rotated { consent: c, epoch: 1 } if *c == consent),
+    )
+    .await;
+    wait_event(&mut provider, &mut log, "A reads in the new epoch", |e| {
+        matches!(e, ProviderEvent::Reading { .. })
+    })
+    .await;
+    wait_event(
+        &mut provider_b,
+        &mut log_b,
+        "B reads",
+        |e| matches!(e, ProviderEvent::Reading { consent: c, .. } if *c == consent_b),
+    )
+    .await;
+
+    // Revoke A with erasure.
+    let revoked_at = now_ms();
+    let revoke = cw
+        .append(
+            &owner,
+            &ckey,
+            revoked_at,
+            &Event::ConsentRevoked {
+                consent_id: consent,
+                erase_requested: true,
+            },
+        )
+        .unwrap();
+    ol.publish(topics::log_entry(&ctid, 1, 1), revoke).await;
+    wait_event(&mut provider, &mut log, "revocation", |e| {
+        matches!(e, ProviderEvent::Revoked { consent: c, erase_requested: true } if *c == consent)
+    })
+    .await;
+    wait_event(
+        &mut provider,
+        &mut log,
+        "erasure",
+        |e| matches!(e, ProviderEvent::Erased { consent: c } if *c == consent),
+    )
+    .await;
+    provider.flush(WAIT).await.unwrap();
+    assert!(!data_file.exists(), "stored data must be deleted");
+    let info = provider
+        .consents()
+        .into_iter()
+        .find(|c| c.consent == consent.to_hex())
+        .unwrap();
+    assert_eq!(info.phase, ConsentPhase::Erased);
+    assert!(!provider.has_active());
+    let on_disk = p1consent_provider::read_state(&keys, provider_dir.path()).unwrap();
+    assert!(
+        on_disk
+            .iter()
+            .all(|c| c.channel.is_none() && c.phase == ConsentPhase::Erased)
+    );
+
+    // The ErasureConfirmed entry verifies as the owner reads it.
+    let entry_prefix = format!("{}/log/{ctid}/", topics::PREFIX);
+    spy.wait_until("erasure confirmation on the broker", |m| {
+        m.iter()
+            .any(|x| x.topic == topics::log_entry(&ctid, 3, 0) && !x.payload.is_empty())
+    })
+    .await;
+    spy.wait_until("device's KeyRotated acknowledgement", |m| {
+        m.iter()
+            .filter(|x| x.topic.starts_with(&format!("{entry_prefix}2/")))
+            .count()
+            >= 2
+    })
+    .await;
+    let mut entries: Vec<Message> = spy
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic.starts_with(&entry_prefix) && !m.payload.is_empty())
+        .collect();
+    entries.sort_by(|a, b| a.topic.cmp(&b.topic));
+    entries.dedup_by(|a, b| a.topic == b.topic);
+    let mut verifier = ThreadLog::new(
+        ctid,
+        root.thread_key(&ctid),
+        Participants {
+            owner: owner.public(),
+            device: Some(device),
+            provider: Some(keys.public()),
+        },
+    );
+    for e in &entries {
+        verifier.verify(&e.payload).unwrap();
+    }
+    let confirmed = verifier.entries().iter().any(|e| {
+        e.role == Role::Provider
+            && e.author == keys.public()
+            && e.event
+                == Event::ErasureConfirmed {
+                    consent_id: consent,
+                }
+    });
+    assert!(confirmed, "ErasureConfirmed by the provider verifies");
+    let mut device_log = ThreadLog::new(
+        dtid,
+        root.thread_key(&dtid),
+        Participants {
+            owner: owner.public(),
+            device: Some(device),
+            provider: None,
+        },
+    );
+    device_log.verify(&paired).unwrap();
+    let state = p1consent_shared::consent::ConsentState::fold(
+        device_log.entries().iter().chain(verifier.entries()),
+        now_ms() / 1000,
+    );
+    assert!(state.consents[&consent].erasure_confirmed_at_ms.is_some());
+
+    // Cryptographic cut-off, on captured messages: a reader built from the captured key
+    // delivery opens everything up to the rotation that removed A and nothing sealed after
+    // it (provider B keeps the channel alive).
+    spy.wait_until("A's removal rotation and two records after it", |m| {
+        let hs: Vec<_> = channel_records(m, &ch)
+            .iter()
+            .filter_map(|r| channel::peek(r).ok())
+            .collect();
+        let rotations: Vec<u64> = hs
+            .iter()
+            .filter(|h| h.kind == RecordKind::Rotation)
+            .map(|h| h.seq)
+            .collect();
+        rotations.len() >= 2
+            && hs
+                .iter()
+                .filter(|h| h.seq > rotations[rotations.len() - 1])
+                .count()
+                >= 2
+    })
+    .await;
+    let msgs = spy.messages();
+    let delivery = msgs
+        .iter()
+        .find(|m| {
+            m.topic == topics::inbox(&keys.public().opaque_id(), &InboxItem::Key(consent))
+                && !m.payload.is_empty()
+        })
+        .expect("captured key delivery")
+        .payload
+        .clone();
+    let mut reader = ChannelReader::from_delivery(&delivery, &device, keys.kem()).unwrap();
+    let start = reader.next_seq();
+    let mut cut: Option<u64> = None;
+    let mut opened_before = 0;
+    let mut refused_after = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for r in channel_records(&msgs, &ch) {
+        let h = channel::peek(&r).unwrap();
+        if h.seq < start || !seen.insert(h.seq) {
+            continue;
+        }
+        let res = if cut.is_none() {
+            reader.open_accepting_gap(&r)
+        } else {
+            reader.open(&r)
+        };
+        match (cut, res) {
+            (None, Ok(Opened::Data { .. })) | (None, Ok(Opened::Rotated { .. })) => {
+                opened_before += 1
+            }
+            (None, Err(OpenError::NotAuthorised)) => {
+                assert_eq!(h.kind, RecordKind::Rotation);
+                cut = Some(h.seq);
+            }
+            (Some(_), Err(OpenError::NotAuthorised))
+            | (Some(_), Err(OpenError::UnknownEpoch { .. })) => refused_after += 1,
+            (c, res) => panic!("record {} (cut {c:?}): unexpected {res:?}", h.seq),
+        }
+    }
+    let rotation_seq = cut.expect("a rotation left A out");
+    assert!(opened_before >= 5);
+    assert!(
+        refused_after >= 2,
+        "records sealed after the rotation exist"
+    );
+    // And the provider itself produced no reading sealed after the rotation.
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, ProviderEvent::Reading { seq, .. } if *seq > rotation_seq))
+    );
+    // B follows the rotation that removed A and keeps reading.
+    wait_event(
+        &mut provider_b,
+        &mut log_b,
+        "B follows A's removal",
+        |e| matches!(e, ProviderEvent::Rotated { consent: c, epoch: 2 } if *c == consent_b),
+    )
+    .await;
+    wait_event(
+        &mut provider_b,
+        &mut log_b,
+        "B reads after A's removal",
+        |e| matches!(e, ProviderEvent::Reading { seq, .. } if *seq > rotation_seq),
+    )
+    .await;
+    // The device cleared the retained key delivery.
+    spy.wait_until("retained key delivery cleared", |m| {
+        m.iter().any(|x| {
+            x.topic == topics::inbox(&keys.public().opaque_id(), &InboxItem::Key(consent))
+                && x.payload.is_empty()
+        })
+    })
+    .await;
+
+    // A restart after erasure: nothing comes back, no second confirmation.
+    drop(provider);
+    let mut provider =
+        Provider::connect_with(keys.duplicate(), &url, provider_dir.path(), options()).unwrap();
+    let mut log2 = Vec::new();
+    wait_event(&mut provider, &mut log2, "connected", |e| {
+        matches!(e, ProviderEvent::Connected)
+    })
+    .await;
+    let quiet = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let ev = provider.next_event().await.unwrap();
+            log2.push(ev);
+        }
+    })
+    .await;
+    assert!(quiet.is_err());
+    assert!(
+        !log2.iter().any(|e| matches!(
+            e,
+            ProviderEvent::Reading { .. }
+                | ProviderEvent::KeyReceived { .. }
+                | ProviderEvent::Revoked { .. }
+                | ProviderEvent::Erased { .. }
+        )),
+        "{log2:#?}"
+    );
+    assert!(!data_file.exists());
+}
+
+/// The CLI's `listen` against the real agent: JSON lines per reading, and a clear message
+/// and exit code 4 when the consent expires (by the provider's clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_listen_prints_readings_and_exits_on_expiry() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let cli_dir = tempfile::tempdir().unwrap();
+    let owner = SigningIdentity::generate();
+    let root = OwnerRoot::from_identity(&owner);
+    let (device_id, _agent_shutdown) = start_agent(&url, agent_dir.path(), &owner.public());
+    let device = device_id.public();
+    let mut ol = OwnerLink::connect(&url).await;
+    let dtid = root.device_thread_id(&device);
+    let denv = ThreadEnvelope::create(
+        &owner,
+        &root,
+        dtid,
+        &[(Role::Device, device_id.kem.public())],
+    )
+    .unwrap();
+    ol.publish(
+        topics::inbox(&device.opaque_id(), &InboxItem::Thread(dtid)),
+        denv,
+    )
+    .await;
+    let paired = LogWriter::new(dtid, Role::Owner)
+        .append(
+            &owner,
+            &root.thread_key(&dtid),
+            now_ms(),
+            &Event::DevicePaired {
+                device,
+                device_kem: device_id.kem.public().clone(),
+                label: "meter".into(),
+            },
+        )
+        .unwrap();
+    ol.publish(topics::log_entry(&dtid, 1, 0), paired).await;
+
+    let keys = ProviderKeys::generate(KemSuite::DEFAULT);
+    keys.save(
+        &cli_dir.path().join("provider.key"),
+        p1consent_provider::Protection::Unprotected,
+    )
+    .unwrap();
+    let fields = FieldSet::empty().with(Field::PowerDelivered);
+    let request = SignedRequest::from_link(
+        &RequestBuilder::new("Acme", "dpo@acme.example")
+            .purpose("Short trial")
+            .fields(fields)
+            .resolution(Resolution::Raw)
+            .valid_for(600)
+            .build(&keys)
+            .unwrap()
+            .to_link(),
+        now_ms() / 1000,
+    )
+    .unwrap()
+    .into_signed();
+    let consent = request.consent_id();
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_p1consent-provider"))
+        .args([
+            "--dir",
+            cli_dir.path().to_str().unwrap(),
+            "--insecure-no-passphrase",
+            "listen",
+            "--broker",
+            &url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let out_task = tokio::task::spawn_blocking(move || std::io::read_to_string(stdout));
+    let err_task = tokio::task::spawn_blocking(move || std::io::read_to_string(stderr));
+
+    let ctid = root.consent_thread_id(&device, &keys.public());
+    let cenv = ThreadEnvelope::create(
+        &owner,
+        &root,
+        ctid,
+        &[
+            (Role::Device, device_id.kem.public()),
+            (Role::Provider, keys.kem_public()),
+        ],
+    )
+    .unwrap();
+    ol.publish(
+        topics::inbox(&device.opaque_id(), &InboxItem::Thread(ctid)),
+        cenv.clone(),
+    )
+    .await;
+    ol.publish(
+        topics::inbox(&keys.public().opaque_id(), &InboxItem::Thread(ctid)),
+        cenv,
+    )
+    .await;
+    let expires_at = now_ms() / 1000 + 6;
+    let grant = Grant::new(&request, device, fields, Resolution::Raw, expires_at).unwrap();
+    let granted = LogWriter::new(ctid, Role::Owner)
+        .append(
+            &owner,
+            &root.thread_key(&ctid),
+            now_ms(),
+            &Event::ConsentGranted(Box::new(grant)),
+        )
+        .unwrap();
+    ol.publish(topics::log_entry(&ctid, 1, 0), granted).await;
+
+    let status =
+        tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait())).await;
+    let status = match status {
+        Ok(s) => s.unwrap().unwrap(),
+        Err(_) => {
+            // Stop the process this test started, by its id.
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+            panic!("listen did not end when the consent expired");
+        }
+    };
+    let out = out_task.await.unwrap().unwrap();
+    let err = err_task.await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(4), "stderr: {err}");
+    assert!(err.contains("GRANTED"), "{err}");
+    assert!(err.contains("EXPIRED"), "{err}");
+    assert!(err.contains("consent expired"), "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty(), "no readings printed; stderr: {err}");
+    for l in &lines {
+        assert_eq!(l["consent"], consent.to_hex());
+        assert!(l["payload"]["power_delivered_kw"].is_number(), "{l}");
+        assert!(l["payload"].get("energy_delivered_total_kwh").is_none());
+        assert!(l["timestamp_ms"].as_u64().unwrap() <= expires_at * 1000 + 1000);
+    }
+}
