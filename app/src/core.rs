@@ -132,13 +132,14 @@ impl AppCore {
     async fn with<T>(&self, f: impl AsyncFnOnce(&mut Wallet) -> CmdResult<T>) -> CmdResult<T> {
         let mut guard = self.wallet.lock().await;
         if guard.is_none() {
-            let w = Wallet::open(&self.dir, (self.secrets)(&self.dir), self.opts.clone())
-                .map_err(|e| match e {
+            let w = Wallet::open(&self.dir, (self.secrets)(&self.dir), self.opts.clone()).map_err(
+                |e| match e {
                     WalletError::NotInitialised(_) => {
                         "no identity yet: create one on the Welcome page first".to_string()
                     }
                     e => plain(e),
-                })?;
+                },
+            )?;
             *guard = Some(w);
         }
         let w = guard.as_mut().expect("opened above");
@@ -183,7 +184,10 @@ impl AppCore {
             std::fs::create_dir_all(&self.dir)
                 .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
             let mut opts = self.opts.clone();
-            if let Some(b) = broker.map(|b| b.trim().to_string()).filter(|b| !b.is_empty()) {
+            if let Some(b) = broker
+                .map(|b| b.trim().to_string())
+                .filter(|b| !b.is_empty())
+            {
                 opts.broker = Some(b);
             }
             let w = Wallet::init(&self.dir, (self.secrets)(&self.dir), opts).map_err(plain)?;
@@ -200,13 +204,14 @@ impl AppCore {
                 "this is not a pairing code: it should start with p1consent://pair".to_string(),
             );
         }
-        self.with(async |w| w.pair(&code).await.map_err(plain)).await
+        self.with(async |w| w.pair(&code).await.map_err(plain))
+            .await
     }
 
     /// Pairs a meter from a picture of its QR code (the bytes of a PNG or JPEG file).
     pub async fn pair_image(&self, image: Vec<u8>) -> CmdResult<PairedSummary> {
-        let code = p1consent_shared::qr::decode_image(&image)
-            .map_err(|e| plain(WalletError::Qr(e)))?;
+        let code =
+            p1consent_shared::qr::decode_image(&image).map_err(|e| plain(WalletError::Qr(e)))?;
         self.pair(code).await
     }
 
@@ -234,8 +239,13 @@ impl AppCore {
     }
 
     pub async fn pending_requests(&self) -> CmdResult<Vec<RequestView>> {
-        self.with(async |w| Ok(w.pending_requests().into_iter().map(RequestView::of).collect()))
-            .await
+        self.with(async |w| {
+            Ok(w.pending_requests()
+                .into_iter()
+                .map(RequestView::of)
+                .collect())
+        })
+        .await
     }
 
     /// Grants a pending request for one paired meter; returns the consent id.
@@ -312,7 +322,8 @@ impl AppCore {
 
     /// The owner-signed receipt (JSON) of a consent.
     pub async fn receipt(&self, consent_id: String) -> CmdResult<String> {
-        self.with(async |w| w.receipt(&consent_id).map_err(plain)).await
+        self.with(async |w| w.receipt(&consent_id).map_err(plain))
+            .await
     }
 
     /// Rebuilds the state from the broker (second wallet, or after a reinstall).

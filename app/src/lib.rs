@@ -166,7 +166,9 @@ pub fn run() {
         }
     };
     let opts = WalletOptions {
-        broker: std::env::var("P1CONSENT_BROKER").ok().filter(|b| !b.is_empty()),
+        broker: std::env::var("P1CONSENT_BROKER")
+            .ok()
+            .filter(|b| !b.is_empty()),
         ..WalletOptions::default()
     };
     tauri::Builder::default()
@@ -182,7 +184,12 @@ pub fn run() {
                 Some(d) => PathBuf::from(d),
                 None => app.path().app_data_dir()?,
             };
-            app.manage(AppCore::new(dir, secrets.clone(), kind.clone(), opts.clone()));
+            app.manage(AppCore::new(
+                dir,
+                secrets.clone(),
+                kind.clone(),
+                opts.clone(),
+            ));
             use tauri_plugin_deep_link::DeepLinkExt;
             #[cfg(any(target_os = "linux", all(debug_assertions, windows)))]
             {

@@ -67,7 +67,10 @@ async fn identity_request_review_decline_and_audit() {
     assert!(s.initialised);
     assert_eq!(s.secret_store, "file");
     assert!(dir.path().join("secrets.json").exists());
-    assert!(core.create_identity(None).await.is_err(), "second identity refused");
+    assert!(
+        core.create_identity(None).await.is_err(),
+        "second identity refused"
+    );
 
     // A genuine request: shown in plain words, kept as pending.
     let link = request_link(86_400);
@@ -125,7 +128,10 @@ async fn tampered_and_expired_links_are_refused_in_words() {
 
     let expired = request_link(-60);
     let err = core.open_request(expired).await.unwrap_err();
-    assert!(err.contains("expired") || err.contains("not valid"), "{err}");
+    assert!(
+        err.contains("expired") || err.contains("not valid"),
+        "{err}"
+    );
 
     let err = core.open_request("hello".into()).await.unwrap_err();
     assert!(!err.is_empty());
@@ -143,7 +149,10 @@ fn pending_link_is_taken_once() {
     let core = core(dir.path());
     assert_eq!(core.take_pending_link(), None);
     core.set_pending_link("p1consent://request?x".into());
-    assert_eq!(core.take_pending_link().as_deref(), Some("p1consent://request?x"));
+    assert_eq!(
+        core.take_pending_link().as_deref(),
+        Some("p1consent://request?x")
+    );
     assert_eq!(core.take_pending_link(), None);
     assert!(!is_our_link("https://example.org"));
 }

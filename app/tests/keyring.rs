@@ -19,16 +19,24 @@ use p1consent_wallet::{
 fn secrets_round_trip_through_the_secret_service() {
     let profile = format!("test-{}", std::process::id());
     let store = KeyringSecretStore::new(profile.clone());
-    store.probe().expect("keyring probe (is a Secret Service running and unlocked?)");
+    store
+        .probe()
+        .expect("keyring probe (is a Secret Service running and unlocked?)");
     assert_eq!(store.get("missing").unwrap(), None);
     let secret: Vec<u8> = (0u8..=255).collect();
     store.put("k", &secret).unwrap();
-    assert_eq!(store.get("k").unwrap().as_deref().map(|v| v.as_slice()), Some(&secret[..]));
+    assert_eq!(
+        store.get("k").unwrap().as_deref().map(|v| v.as_slice()),
+        Some(&secret[..])
+    );
     // Stored in the real keyring, not a mock: a second handle (new connection) reads it.
     let other = keyring::Entry::new(SERVICE, &format!("{profile}/k")).unwrap();
     assert_eq!(other.get_secret().unwrap(), secret);
     store.put("k", b"replaced").unwrap();
-    assert_eq!(store.get("k").unwrap().as_deref().map(|v| v.as_slice()), Some(&b"replaced"[..]));
+    assert_eq!(
+        store.get("k").unwrap().as_deref().map(|v| v.as_slice()),
+        Some(&b"replaced"[..])
+    );
     store.delete("k").unwrap();
     store.delete("k").unwrap();
     assert_eq!(store.get("k").unwrap(), None);

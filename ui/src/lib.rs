@@ -263,15 +263,21 @@ fn Welcome() -> impl IntoView {
 fn PairPage() -> impl IntoView {
     let ctx = ctx();
     let busy = RwSignal::new(false);
-    let code = RwSignal::new(if ctx.link.get_untracked().starts_with("p1consent://pair") {
-        ctx.link.get_untracked()
-    } else {
-        String::new()
-    });
+    let code = RwSignal::new(
+        if ctx.link.get_untracked().starts_with("p1consent://pair") {
+            ctx.link.get_untracked()
+        } else {
+            String::new()
+        },
+    );
     let done = move |r: Result<Paired, String>| {
         match r {
             Ok(p) => {
-                let name = if p.label.is_empty() { "your meter".to_string() } else { p.label };
+                let name = if p.label.is_empty() {
+                    "your meter".to_string()
+                } else {
+                    p.label
+                };
                 ctx.ok(format!("Paired with {name}."));
                 ctx.refresh_status();
                 ctx.page.set(Page::Devices);
@@ -383,7 +389,12 @@ fn RequestCard(req: Request, devices: Vec<Device>, on_done: Callback<()>) -> imp
     let ctx = ctx();
     let busy = RwSignal::new(false);
     let paired: Vec<Device> = devices.into_iter().filter(|d| d.paired).collect();
-    let device = RwSignal::new(paired.first().map(|d| d.device_id.clone()).unwrap_or_default());
+    let device = RwSignal::new(
+        paired
+            .first()
+            .map(|d| d.device_id.clone())
+            .unwrap_or_default(),
+    );
     let rid = req.request_id.clone();
     let rid2 = req.request_id.clone();
     let who = req.controller.clone();
@@ -409,7 +420,9 @@ fn RequestCard(req: Request, devices: Vec<Device>, on_done: Callback<()>) -> imp
     };
     let decline = move |_| {
         busy.set(true);
-        let args = RequestArgs { request: rid2.clone() };
+        let args = RequestArgs {
+            request: rid2.clone(),
+        };
         let who = who2.clone();
         spawn_local(async move {
             match call::<Request>("decline", args).await {
@@ -510,7 +523,10 @@ fn RequestPage() -> impl IntoView {
             match call::<Request>("open_request", LinkArgs { link }).await {
                 Ok(r) => {
                     ctx.link.set(String::new());
-                    ctx.ok(format!("The request from {} is genuine. Review it below.", r.controller));
+                    ctx.ok(format!(
+                        "The request from {} is genuine. Review it below.",
+                        r.controller
+                    ));
                     load();
                 }
                 Err(e) => ctx.fail(format!(
@@ -650,7 +666,12 @@ fn Consents() -> impl IntoView {
         move || {
             let items: Vec<api::Consent> = list
                 .get()
-                .map(|l| l.consents.into_iter().filter(|c| c.status == status).collect())
+                .map(|l| {
+                    l.consents
+                        .into_iter()
+                        .filter(|c| c.status == status)
+                        .collect()
+                })
                 .unwrap_or_default();
             (!items.is_empty()).then(|| {
                 view! {
