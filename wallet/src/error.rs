@@ -72,9 +72,7 @@ pub enum WalletError {
     ConsentNotActive(String),
     #[error("the request has already expired")]
     RequestExpired,
-    #[error(
-        "the meter and the provider use different key types; this provider cannot be granted access to this meter"
-    )]
+    #[error("the meter and the provider use different key types; this provider cannot be granted access to this meter")]
     SuiteMismatch,
     #[error("consent log: {0}")]
     Log(#[from] LogError),

@@ -31,10 +31,7 @@ impl std::fmt::Debug for OwnerIdentity {
 
 impl OwnerIdentity {
     pub fn generate() -> Self {
-        Self::from_parts(
-            SigningIdentity::generate(),
-            KemSecretKey::generate(KemSuite::DEFAULT),
-        )
+        Self::from_parts(SigningIdentity::generate(), KemSecretKey::generate(KemSuite::DEFAULT))
     }
 
     fn from_parts(signing: SigningIdentity, kem: KemSecretKey) -> Self {
@@ -60,16 +57,15 @@ impl OwnerIdentity {
             .get(KEM_SECRET)?
             .ok_or_else(|| WalletError::Secret("the owner KEM key is missing".into()))?;
         if kem.len() != 33 {
-            return Err(WalletError::Secret(
-                "the owner KEM key has the wrong length".into(),
-            ));
+            return Err(WalletError::Secret("the owner KEM key has the wrong length".into()));
         }
         let suite = KemSuite::from_byte(kem[0])
             .map_err(|_| WalletError::Secret("the owner KEM key has an unknown suite".into()))?;
-        let kseed: Zeroizing<[u8; 32]> =
-            Zeroizing::new(kem[1..].try_into().map_err(|_| {
-                WalletError::Secret("the owner KEM key has the wrong length".into())
-            })?);
+        let kseed: Zeroizing<[u8; 32]> = Zeroizing::new(
+            kem[1..]
+                .try_into()
+                .map_err(|_| WalletError::Secret("the owner KEM key has the wrong length".into()))?,
+        );
         Ok(Some(Self::from_parts(
             SigningIdentity::from_seed(&seed),
             KemSecretKey::from_seed(suite, &kseed),

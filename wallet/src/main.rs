@@ -200,10 +200,7 @@ async fn run(cli: Cli) -> Result<(), WalletError> {
                     "\nTo allow: p1consent-wallet grant {} --device <meter>",
                     &s.request_id[..12]
                 );
-                println!(
-                    "To decline: p1consent-wallet decline {}",
-                    &s.request_id[..12]
-                );
+                println!("To decline: p1consent-wallet decline {}", &s.request_id[..12]);
             }
         }
         Command::Requests => {
@@ -246,10 +243,7 @@ async fn run(cli: Cli) -> Result<(), WalletError> {
         Command::Revoke { consent_id, erase } => {
             let cid = w.revoke(&consent_id, erase).await?;
             if cli.json {
-                println!(
-                    "{}",
-                    json!({ "revoked": cid.to_hex(), "erase_requested": erase })
-                );
+                println!("{}", json!({ "revoked": cid.to_hex(), "erase_requested": erase }));
             } else {
                 println!(
                     "Revoked consent {}{}. The meter changes its key so the provider gets nothing new.",

@@ -72,8 +72,7 @@ impl FileSecretStore {
     }
 
     fn save(&self, map: &BTreeMap<String, Zeroizing<String>>) -> Result<()> {
-        let plain: BTreeMap<&str, &str> =
-            map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let plain: BTreeMap<&str, &str> = map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let text = Zeroizing::new(
             serde_json::to_vec_pretty(&plain).map_err(|e| WalletError::Secret(e.to_string()))?,
         );
@@ -83,10 +82,7 @@ impl FileSecretStore {
 
 impl SecretStore for FileSecretStore {
     fn get(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        let _g = self
-            .lock
-            .lock()
-            .map_err(|_| WalletError::Secret("lock poisoned".into()))?;
+        let _g = self.lock.lock().map_err(|_| WalletError::Secret("lock poisoned".into()))?;
         let map = self.load()?;
         match map.get(name) {
             None => Ok(None),
@@ -97,20 +93,14 @@ impl SecretStore for FileSecretStore {
     }
 
     fn put(&self, name: &str, value: &[u8]) -> Result<()> {
-        let _g = self
-            .lock
-            .lock()
-            .map_err(|_| WalletError::Secret("lock poisoned".into()))?;
+        let _g = self.lock.lock().map_err(|_| WalletError::Secret("lock poisoned".into()))?;
         let mut map = self.load()?;
         map.insert(name.to_string(), Zeroizing::new(hex(value)));
         self.save(&map)
     }
 
     fn delete(&self, name: &str) -> Result<()> {
-        let _g = self
-            .lock
-            .lock()
-            .map_err(|_| WalletError::Secret("lock poisoned".into()))?;
+        let _g = self.lock.lock().map_err(|_| WalletError::Secret("lock poisoned".into()))?;
         let mut map = self.load()?;
         if map.remove(name).is_some() {
             self.save(&map)?;
@@ -125,25 +115,16 @@ pub struct MemorySecretStore(Mutex<BTreeMap<String, Zeroizing<Vec<u8>>>>);
 
 impl SecretStore for MemorySecretStore {
     fn get(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        let m = self
-            .0
-            .lock()
-            .map_err(|_| WalletError::Secret("lock poisoned".into()))?;
+        let m = self.0.lock().map_err(|_| WalletError::Secret("lock poisoned".into()))?;
         Ok(m.get(name).cloned())
     }
     fn put(&self, name: &str, value: &[u8]) -> Result<()> {
-        let mut m = self
-            .0
-            .lock()
-            .map_err(|_| WalletError::Secret("lock poisoned".into()))?;
+        let mut m = self.0.lock().map_err(|_| WalletError::Secret("lock poisoned".into()))?;
         m.insert(name.to_string(), Zeroizing::new(value.to_vec()));
         Ok(())
     }
     fn delete(&self, name: &str) -> Result<()> {
-        let mut m = self
-            .0
-            .lock()
-            .map_err(|_| WalletError::Secret("lock poisoned".into()))?;
+        let mut m = self.0.lock().map_err(|_| WalletError::Secret("lock poisoned".into()))?;
         m.remove(name);
         Ok(())
     }
@@ -152,10 +133,7 @@ impl SecretStore for MemorySecretStore {
 /// Writes `bytes` to `path` atomically: a unique temporary file next to it (mode 0600 if
 /// `private`), synced, renamed over `path`, then the directory synced.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| WalletError::io(dir, e))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(

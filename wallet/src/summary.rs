@@ -89,11 +89,7 @@ impl std::fmt::Display for RequestSummary {
         if let Some(p) = &self.policy_url {
             writeln!(f, "Privacy policy: {p}")?;
         }
-        writeln!(
-            f,
-            "This request can be answered until {}.",
-            date(self.link_expires_at)
-        )?;
+        writeln!(f, "This request can be answered until {}.", date(self.link_expires_at))?;
         write!(f, "Request id: {}", &self.request_id[..16])
     }
 }
@@ -122,12 +118,7 @@ impl ConsentLine {
             controller: req.controller.clone(),
             purpose: req.purpose.clone(),
             device: c.grant.device.opaque_id().to_hex(),
-            fields: c
-                .grant
-                .fields
-                .iter()
-                .map(|f| f.name().to_string())
-                .collect(),
+            fields: c.grant.fields.iter().map(|f| f.name().to_string()).collect(),
             resolution: c.grant.resolution.name().into(),
             status: c.status.name().into(),
             erase_requested: matches!(
@@ -158,9 +149,7 @@ impl std::fmt::Display for ConsentLine {
             date(self.expires_at)
         )?;
         match self.key_delivered_epoch {
-            Some(e) if self.status == "active" => {
-                write!(f, "; meter delivered the key (epoch {e})")?
-            }
+            Some(e) if self.status == "active" => write!(f, "; meter delivered the key (epoch {e})")?,
             None if self.status == "active" => write!(f, "; waiting for the meter")?,
             _ => {}
         }
@@ -168,11 +157,7 @@ impl std::fmt::Display for ConsentLine {
             write!(
                 f,
                 "; erasure {}",
-                if self.erasure_confirmed {
-                    "confirmed"
-                } else {
-                    "requested"
-                }
+                if self.erasure_confirmed { "confirmed" } else { "requested" }
             )?;
         }
         Ok(())

@@ -100,13 +100,7 @@ impl Session {
     pub fn send(&mut self, m: &Outgoing) -> Result<()> {
         let token = self.token();
         self.handle
-            .publish(
-                token,
-                m.topic.clone(),
-                m.payload.clone(),
-                m.retain,
-                m.expiry_s,
-            )
+            .publish(token, m.topic.clone(), m.payload.clone(), m.retain, m.expiry_s)
             .map_err(|_| WalletError::LinkClosed)
     }
 
@@ -123,13 +117,7 @@ impl Session {
         for m in msgs {
             let token = self.token();
             self.handle
-                .publish(
-                    token,
-                    m.topic.clone(),
-                    m.payload.clone(),
-                    m.retain,
-                    m.expiry_s,
-                )
+                .publish(token, m.topic.clone(), m.payload.clone(), m.retain, m.expiry_s)
                 .map_err(|_| WalletError::LinkClosed)?;
             pending.insert(token, m);
         }
@@ -152,13 +140,7 @@ impl Session {
                     for m in again {
                         let token = self.token();
                         self.handle
-                            .publish(
-                                token,
-                                m.topic.clone(),
-                                m.payload.clone(),
-                                m.retain,
-                                m.expiry_s,
-                            )
+                            .publish(token, m.topic.clone(), m.payload.clone(), m.retain, m.expiry_s)
                             .map_err(|_| WalletError::LinkClosed)?;
                         pending.insert(token, m);
                     }

@@ -260,10 +260,7 @@ impl Wallet {
         record.device = Some(device.to_hex());
         let me = self.owner().opaque_id();
         let mut out = vec![
-            retained(
-                topics::inbox(&device.opaque_id(), &InboxItem::Thread(tid)),
-                &envelope,
-            ),
+            retained(topics::inbox(&device.opaque_id(), &InboxItem::Thread(tid)), &envelope),
             retained(topics::owner_index(&me, &tid), &envelope),
         ];
         let mut s = Session::connect(&url, Vec::new(), self.opts.timeout).await?;
@@ -480,18 +477,10 @@ impl Wallet {
         let seq = ws.next_seq;
         let time = now_ms().max(ws.last_time_ms);
         let mut w = LogWriter::resume(*tid, Role::Owner, ws);
-        let bytes = w.append(
-            &self.id.signing,
-            &self.id.root.thread_key(tid),
-            time,
-            &event,
-        )?;
+        let bytes = w.append(&self.id.signing, &self.id.root.thread_key(tid), time, &event)?;
         let t = self.state.threads.entry(tid.to_hex()).or_default();
         t.entries.push(hex(&bytes));
-        Ok(retained(
-            topics::log_entry(tid, Role::Owner as u8, seq),
-            &bytes,
-        ))
+        Ok(retained(topics::log_entry(tid, Role::Owner as u8, seq), &bytes))
     }
 
     /// Stores the messages in the outbox (so a crash or a lost connection cannot lose them),
@@ -534,9 +523,7 @@ impl Wallet {
             .unwrap_or_default();
         all.extend(extra.iter().cloned());
         let device = rec.and_then(|r| r.device.as_deref()).and_then(parse_public);
-        let provider = rec
-            .and_then(|r| r.provider.as_deref())
-            .and_then(parse_public);
+        let provider = rec.and_then(|r| r.provider.as_deref()).and_then(parse_public);
         verify_thread(&self.id, *tid, device, provider, all)
     }
 
@@ -622,11 +609,7 @@ impl Wallet {
             }
             let Some(tid) = m
                 .topic
-                .strip_prefix(&format!(
-                    "{}/owner/{}/threads/",
-                    topics::PREFIX,
-                    me.opaque_id()
-                ))
+                .strip_prefix(&format!("{}/owner/{}/threads/", topics::PREFIX, me.opaque_id()))
                 .and_then(OpaqueId::from_hex)
             else {
                 continue;
@@ -667,10 +650,8 @@ impl Wallet {
             .iter()
             .map(|t| self.check_thread(t))
             .collect();
-        let entries: Vec<&VerifiedEntry> = checked
-            .iter()
-            .flat_map(|c| c.log.entries().iter())
-            .collect();
+        let entries: Vec<&VerifiedEntry> =
+            checked.iter().flat_map(|c| c.log.entries().iter()).collect();
         ConsentState::fold(entries, now_unix)
     }
 

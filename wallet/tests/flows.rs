@@ -9,8 +9,8 @@ use std::{
 
 use p1consent_shared::{
     consent::{
-        ConsentState, ConsentStatus, Field, FieldSet, RequestDraft, RequestError, Resolution,
-        SignedReceipt, SignedRequest, log::RotationReason,
+        ConsentState, ConsentStatus, FieldSet, RequestDraft, RequestError, Resolution,
+        SignedReceipt, SignedRequest, log::RotationReason, Field,
     },
     crypto::{KemSecretKey, KemSuite, PublicId, SigningIdentity, random_bytes},
 };
@@ -284,13 +284,9 @@ async fn grant_revoke_receipt_and_rebuild() {
     let w2_dir = tempfile::tempdir().unwrap();
     let mut opts2 = opts(20);
     opts2.broker = Some(mosq.url());
-    let mut second = Wallet::init_with_identity(
-        w2_dir.path(),
-        Wallet::file_secrets(w2_dir.path()),
-        id,
-        opts2,
-    )
-    .expect("second wallet");
+    let mut second =
+        Wallet::init_with_identity(w2_dir.path(), Wallet::file_secrets(w2_dir.path()), id, opts2)
+            .expect("second wallet");
     let report = second.sync().await.expect("sync");
     assert_eq!(report.threads, 2);
     assert!(report.rejected.is_empty(), "{:?}", report.rejected);

@@ -66,8 +66,7 @@ async fn garbage_links_and_codes_are_typed_errors() {
         Err(WalletError::Io { .. })
     ));
     // A valid code, but nothing listens at the broker.
-    let offer =
-        PairingOffer::new(device.public(), "mqtt://127.0.0.1:1", None, now() + 600).unwrap();
+    let offer = PairingOffer::new(device.public(), "mqtt://127.0.0.1:1", None, now() + 600).unwrap();
     assert!(matches!(
         w.pair(&offer.to_link()).await,
         Err(WalletError::BrokerUnreachable { .. })
@@ -76,14 +75,8 @@ async fn garbage_links_and_codes_are_typed_errors() {
         w.grant("abcd", "x").await,
         Err(WalletError::BrokerUnreachable { .. })
     ));
-    assert!(matches!(
-        w.decline("abcd"),
-        Err(WalletError::UnknownRequest(_))
-    ));
-    assert!(matches!(
-        w.receipt("abcd"),
-        Err(WalletError::UnknownConsent(_))
-    ));
+    assert!(matches!(w.decline("abcd"), Err(WalletError::UnknownRequest(_))));
+    assert!(matches!(w.receipt("abcd"), Err(WalletError::UnknownConsent(_))));
 }
 
 #[test]
@@ -91,29 +84,17 @@ fn damaged_state_is_refused_and_init_twice_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     drop(wallet(dir.path()));
     assert!(matches!(
-        Wallet::init(
-            dir.path(),
-            Wallet::file_secrets(dir.path()),
-            WalletOptions::default()
-        ),
+        Wallet::init(dir.path(), Wallet::file_secrets(dir.path()), WalletOptions::default()),
         Err(WalletError::AlreadyInitialised(_))
     ));
     std::fs::write(dir.path().join("wallet.json"), b"{\"version\":1,").unwrap();
     assert!(matches!(
-        Wallet::open(
-            dir.path(),
-            Wallet::file_secrets(dir.path()),
-            WalletOptions::default()
-        ),
+        Wallet::open(dir.path(), Wallet::file_secrets(dir.path()), WalletOptions::default()),
         Err(WalletError::Corrupt { .. })
     ));
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(
-        Wallet::open(
-            empty.path(),
-            Wallet::file_secrets(empty.path()),
-            WalletOptions::default()
-        ),
+        Wallet::open(empty.path(), Wallet::file_secrets(empty.path()), WalletOptions::default()),
         Err(WalletError::NotInitialised(_))
     ));
 }
