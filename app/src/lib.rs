@@ -197,10 +197,10 @@ pub fn run() {
                 // also makes `cargo run` builds the handler.
                 let _ = app.deep_link().register_all();
             }
-            if let Ok(Some(urls)) = app.deep_link().get_current() {
-                if let Some(u) = urls.first() {
-                    forward_link(app.handle(), u.as_str());
-                }
+            if let Ok(Some(urls)) = app.deep_link().get_current()
+                && let Some(u) = urls.first()
+            {
+                forward_link(app.handle(), u.as_str());
             }
             let handle = app.handle().clone();
             app.deep_link().on_open_url(move |event| {
