@@ -1,7 +1,11 @@
 # Idempotent installation of what the build and tests need. Sourced by scripts/*.sh.
 
 # Debian packages the tests use (real parts, not mocks).
-TEST_APT_PACKAGES=(pkg-config mosquitto socat)
+# The desktop app (Tauri on WebKitGTK) and its keyring tests (Secret Service on a private
+# D-Bus session) need the rest.
+TEST_APT_PACKAGES=(pkg-config mosquitto socat
+    build-essential file libwebkit2gtk-4.1-dev libxdo-dev libssl-dev libayatana-appindicator3-dev
+    librsvg2-dev libdbus-1-dev gnome-keyring dbus dbus-x11 libsecret-tools)
 
 apt_install() {
     local missing=()

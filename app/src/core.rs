@@ -1,0 +1,352 @@
+//! The app's command layer without Tauri: everything a `#[tauri::command]` does, callable from
+//! tests with a temporary data directory and any [`SecretStore`].
+//!
+//! Every result is a plain serialisable value; every error is one plain sentence (the wallet
+//! library's own wording), which the UI shows as is. No key ever leaves this layer.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use p1consent_wallet::{
+    ConsentLine, RequestSummary, SecretStore, Wallet, WalletError, WalletOptions,
+    summary::date,
+    wallet::{PairedSummary, SyncReport, ThreadReport, now_s},
+};
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+/// Makes the secret store of the data directory (the keyring in the app, a file in tests).
+pub type SecretsFactory = Arc<dyn Fn(&Path) -> Box<dyn SecretStore> + Send + Sync>;
+
+/// Everything the commands share: where the wallet lives and the open wallet.
+pub struct AppCore {
+    dir: PathBuf,
+    secrets: SecretsFactory,
+    secrets_kind: String,
+    opts: WalletOptions,
+    wallet: Mutex<Option<Wallet>>,
+    /// A `p1consent://` link the app was started with (or sent) before the UI asked for it.
+    pending_link: std::sync::Mutex<Option<String>>,
+}
+
+/// A failed command, as the sentence the UI shows.
+pub type CmdResult<T> = std::result::Result<T, String>;
+
+fn plain(e: WalletError) -> String {
+    e.to_string()
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Status {
+    pub initialised: bool,
+    pub owner: Option<String>,
+    pub data_dir: String,
+    pub secret_store: String,
+    pub broker: Option<String>,
+    pub devices: usize,
+    pub pending_requests: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeviceView {
+    pub device: String,
+    pub device_id: String,
+    pub label: String,
+    pub paired: bool,
+    pub paired_at: String,
+}
+
+/// A request, with its dates already written out.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RequestView {
+    #[serde(flatten)]
+    pub summary: RequestSummary,
+    pub retention: String,
+    pub consent_expires: String,
+    pub link_expires: String,
+}
+
+impl RequestView {
+    fn of(summary: RequestSummary) -> Self {
+        let retention = match summary.retention_days {
+            0 => "not kept after use".to_string(),
+            1 => "kept for 1 day".to_string(),
+            d => format!("kept for {d} days"),
+        };
+        Self {
+            consent_expires: date(summary.consent_expires_at),
+            link_expires: date(summary.link_expires_at),
+            retention,
+            summary,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConsentView {
+    #[serde(flatten)]
+    pub line: ConsentLine,
+    pub expires: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConsentList {
+    pub consents: Vec<ConsentView>,
+    /// Set when the broker could not be read: the list is what this wallet last saw.
+    pub offline: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Audit {
+    /// True when every stored entry verified (signatures, chains, decryption, rules).
+    pub verified: bool,
+    pub entries: usize,
+    pub rejected: usize,
+    pub threads: Vec<ThreadReport>,
+}
+
+impl AppCore {
+    pub fn new(
+        dir: PathBuf,
+        secrets: SecretsFactory,
+        secrets_kind: impl Into<String>,
+        opts: WalletOptions,
+    ) -> Self {
+        Self {
+            dir,
+            secrets,
+            secrets_kind: secrets_kind.into(),
+            opts,
+            wallet: Mutex::new(None),
+            pending_link: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `f` on the open wallet, opening it first if there is one on disk.
+    async fn with<T>(&self, f: impl AsyncFnOnce(&mut Wallet) -> CmdResult<T>) -> CmdResult<T> {
+        let mut guard = self.wallet.lock().await;
+        if guard.is_none() {
+            let w = Wallet::open(&self.dir, (self.secrets)(&self.dir), self.opts.clone()).map_err(
+                |e| match e {
+                    WalletError::NotInitialised(_) => {
+                        "no identity yet: create one on the Welcome page first".to_string()
+                    }
+                    e => plain(e),
+                },
+            )?;
+            *guard = Some(w);
+        }
+        let w = guard.as_mut().expect("opened above");
+        f(w).await
+    }
+
+    pub async fn status(&self) -> CmdResult<Status> {
+        let mut status = Status {
+            initialised: false,
+            owner: None,
+            data_dir: self.dir.display().to_string(),
+            secret_store: self.secrets_kind.clone(),
+            broker: self.opts.broker.clone(),
+            devices: 0,
+            pending_requests: 0,
+        };
+        let opened = self
+            .with(async |w| {
+                let state = w.state_at(now_s());
+                Ok((
+                    w.owner().to_hex(),
+                    w.raw_state().broker.clone(),
+                    state.devices.values().filter(|d| d.is_paired()).count(),
+                    w.pending_requests().len(),
+                ))
+            })
+            .await;
+        if let Ok((owner, broker, devices, pending)) = opened {
+            status.initialised = true;
+            status.owner = Some(owner);
+            status.broker = status.broker.or(broker);
+            status.devices = devices;
+            status.pending_requests = pending;
+        }
+        Ok(status)
+    }
+
+    /// Creates the owner identity (keys into the secret store, empty state on disk).
+    pub async fn create_identity(&self, broker: Option<String>) -> CmdResult<Status> {
+        {
+            let mut guard = self.wallet.lock().await;
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+            let mut opts = self.opts.clone();
+            if let Some(b) = broker
+                .map(|b| b.trim().to_string())
+                .filter(|b| !b.is_empty())
+            {
+                opts.broker = Some(b);
+            }
+            let w = Wallet::init(&self.dir, (self.secrets)(&self.dir), opts).map_err(plain)?;
+            *guard = Some(w);
+        }
+        self.status().await
+    }
+
+    /// Pairs a meter from the text of its pairing link.
+    pub async fn pair(&self, code: String) -> CmdResult<PairedSummary> {
+        let code = code.trim().to_string();
+        if !code.starts_with("p1consent:") {
+            return Err(
+                "this is not a pairing code: it should start with p1consent://pair".to_string(),
+            );
+        }
+        self.with(async |w| w.pair(&code).await.map_err(plain))
+            .await
+    }
+
+    /// Pairs a meter from a picture of its QR code (the bytes of a PNG or JPEG file).
+    pub async fn pair_image(&self, image: Vec<u8>) -> CmdResult<PairedSummary> {
+        let code =
+            p1consent_shared::qr::decode_image(&image).map_err(|e| plain(WalletError::Qr(e)))?;
+        self.pair(code).await
+    }
+
+    pub async fn devices(&self) -> CmdResult<Vec<DeviceView>> {
+        self.with(async |w| {
+            Ok(w.state_at(now_s())
+                .devices
+                .values()
+                .map(|d| DeviceView {
+                    device: d.device.to_hex(),
+                    device_id: d.device.opaque_id().to_hex(),
+                    label: d.label.clone(),
+                    paired: d.is_paired(),
+                    paired_at: date(d.paired_at_ms / 1000),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Verifies a provider's request link and keeps it as pending.
+    pub async fn open_request(&self, link: String) -> CmdResult<RequestView> {
+        self.with(async |w| w.open_request(&link).map(RequestView::of).map_err(plain))
+            .await
+    }
+
+    pub async fn pending_requests(&self) -> CmdResult<Vec<RequestView>> {
+        self.with(async |w| {
+            Ok(w.pending_requests()
+                .into_iter()
+                .map(RequestView::of)
+                .collect())
+        })
+        .await
+    }
+
+    /// Grants a pending request for one paired meter; returns the consent id.
+    pub async fn grant(&self, request_id: String, device: String) -> CmdResult<String> {
+        self.with(async |w| {
+            w.grant(&request_id, &device)
+                .await
+                .map(|id| id.to_hex())
+                .map_err(plain)
+        })
+        .await
+    }
+
+    /// Declines a pending request: forgotten, nothing is sent.
+    pub async fn decline(&self, request_id: String) -> CmdResult<RequestView> {
+        self.with(async |w| w.decline(&request_id).map(RequestView::of).map_err(plain))
+            .await
+    }
+
+    /// The consents: read back from the broker when `refresh` (falling back to what this wallet
+    /// last saw when the broker cannot be reached), else from the local logs.
+    pub async fn consents(&self, refresh: bool) -> CmdResult<ConsentList> {
+        self.with(async |w| {
+            let (state, offline) = if refresh {
+                match w.consents().await {
+                    Ok(s) => (s, None),
+                    Err(e) => (w.state_at(now_s()), Some(plain(e))),
+                }
+            } else {
+                (w.state_at(now_s()), None)
+            };
+            let consents = state
+                .consents
+                .values()
+                .map(|c| {
+                    let line = ConsentLine::of(c);
+                    ConsentView {
+                        expires: date(line.expires_at),
+                        line,
+                    }
+                })
+                .collect();
+            Ok(ConsentList { consents, offline })
+        })
+        .await
+    }
+
+    /// Withdraws a consent; with `erase` the provider is also asked to erase what it received.
+    pub async fn revoke(&self, consent_id: String, erase: bool) -> CmdResult<String> {
+        self.with(async |w| {
+            w.revoke(&consent_id, erase)
+                .await
+                .map(|id| id.to_hex())
+                .map_err(plain)
+        })
+        .await
+    }
+
+    /// Verifies every stored log from scratch.
+    pub async fn audit(&self) -> CmdResult<Audit> {
+        self.with(async |w| {
+            let threads = w.verify_log();
+            let entries = threads.iter().map(|t| t.entries.len()).sum();
+            let rejected = threads.iter().map(|t| t.rejected.len()).sum();
+            Ok(Audit {
+                verified: rejected == 0,
+                entries,
+                rejected,
+                threads,
+            })
+        })
+        .await
+    }
+
+    /// The owner-signed receipt (JSON) of a consent.
+    pub async fn receipt(&self, consent_id: String) -> CmdResult<String> {
+        self.with(async |w| w.receipt(&consent_id).map_err(plain))
+            .await
+    }
+
+    /// Rebuilds the state from the broker (second wallet, or after a reinstall).
+    pub async fn sync(&self) -> CmdResult<SyncReport> {
+        self.with(async |w| w.sync().await.map_err(plain)).await
+    }
+
+    /// Remembers a link the app was opened with until the UI takes it.
+    pub fn set_pending_link(&self, link: String) {
+        *self.pending_link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
+    }
+
+    /// The link the app was opened with, once.
+    pub fn take_pending_link(&self) -> Option<String> {
+        self.pending_link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+/// Whether `url` is one of ours (`p1consent://request?...` or `p1consent://pair?...`).
+pub fn is_our_link(url: &str) -> bool {
+    let u = url.trim();
+    u.starts_with("p1consent://request") || u.starts_with("p1consent://pair")
+}

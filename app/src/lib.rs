@@ -1,0 +1,236 @@
+//! P1 Consent desktop app: a Tauri window over the wallet library.
+//!
+//! - [`core`]: the command layer (plain Rust, tested without a window).
+//! - [`keyring_store`]: the owner's keys in the operating system's keyring.
+//! - [`run`]: the Tauri app: thin `#[tauri::command]`s over [`core::AppCore`], `p1consent://`
+//!   links (deep-link + single-instance plugins) forwarded to the UI.
+//!
+//! Settings (environment): `P1CONSENT_DATA_DIR` (default: the platform's app data folder),
+//! `P1CONSENT_SECRET_STORE=keyring|file` (default `keyring`; `file` keeps the keys in
+//! `secrets.json` in the data folder, as the CLI does), `P1CONSENT_BROKER` (broker URL override).
+
+pub mod core;
+#[cfg(any(target_os = "linux", target_os = "macos", target_os = "windows"))]
+pub mod keyring_store;
+
+use std::{path::PathBuf, sync::Arc};
+
+use p1consent_wallet::{Wallet, WalletOptions, wallet::PairedSummary, wallet::SyncReport};
+use tauri::{AppHandle, Emitter, Manager, State};
+
+use crate::core::{
+    AppCore, Audit, CmdResult, ConsentList, DeviceView, RequestView, SecretsFactory, Status,
+    is_our_link,
+};
+
+/// The event the UI listens to for a `p1consent://` link opened while it runs.
+pub const LINK_EVENT: &str = "p1consent-link";
+
+#[tauri::command]
+async fn status(core: State<'_, AppCore>) -> CmdResult<Status> {
+    core.status().await
+}
+
+#[tauri::command]
+async fn create_identity(core: State<'_, AppCore>, broker: Option<String>) -> CmdResult<Status> {
+    core.create_identity(broker).await
+}
+
+#[tauri::command]
+async fn pair(core: State<'_, AppCore>, code: String) -> CmdResult<PairedSummary> {
+    core.pair(code).await
+}
+
+#[tauri::command]
+async fn pair_image(core: State<'_, AppCore>, image: Vec<u8>) -> CmdResult<PairedSummary> {
+    core.pair_image(image).await
+}
+
+#[tauri::command]
+async fn devices(core: State<'_, AppCore>) -> CmdResult<Vec<DeviceView>> {
+    core.devices().await
+}
+
+#[tauri::command]
+async fn open_request(core: State<'_, AppCore>, link: String) -> CmdResult<RequestView> {
+    core.open_request(link).await
+}
+
+#[tauri::command]
+async fn pending_requests(core: State<'_, AppCore>) -> CmdResult<Vec<RequestView>> {
+    core.pending_requests().await
+}
+
+#[tauri::command]
+async fn grant(core: State<'_, AppCore>, request: String, device: String) -> CmdResult<String> {
+    core.grant(request, device).await
+}
+
+#[tauri::command]
+async fn decline(core: State<'_, AppCore>, request: String) -> CmdResult<RequestView> {
+    core.decline(request).await
+}
+
+#[tauri::command]
+async fn consents(core: State<'_, AppCore>, refresh: bool) -> CmdResult<ConsentList> {
+    core.consents(refresh).await
+}
+
+#[tauri::command]
+async fn revoke(core: State<'_, AppCore>, consent: String, erase: bool) -> CmdResult<String> {
+    core.revoke(consent, erase).await
+}
+
+#[tauri::command]
+async fn audit(core: State<'_, AppCore>) -> CmdResult<Audit> {
+    core.audit().await
+}
+
+#[tauri::command]
+async fn receipt(core: State<'_, AppCore>, consent: String) -> CmdResult<String> {
+    core.receipt(consent).await
+}
+
+#[tauri::command]
+async fn sync(core: State<'_, AppCore>) -> CmdResult<SyncReport> {
+    core.sync().await
+}
+
+#[tauri::command]
+fn take_pending_link(core: State<'_, AppCore>) -> Option<String> {
+    core.take_pending_link()
+}
+
+/// The commands the UI may call (also listed in `app/build.rs` and allowed in
+/// `app/capabilities/default.json`).
+pub const COMMANDS: &[&str] = &[
+    "status",
+    "create_identity",
+    "pair",
+    "pair_image",
+    "devices",
+    "open_request",
+    "pending_requests",
+    "grant",
+    "decline",
+    "consents",
+    "revoke",
+    "audit",
+    "receipt",
+    "sync",
+    "take_pending_link",
+];
+
+/// The secret store chosen by `P1CONSENT_SECRET_STORE` (`keyring`, the default, or `file`).
+pub fn secrets_from_env() -> Result<(SecretsFactory, String), String> {
+    let kind = std::env::var("P1CONSENT_SECRET_STORE").unwrap_or_else(|_| "keyring".into());
+    match kind.as_str() {
+        "file" => Ok((Arc::new(|dir| Wallet::file_secrets(dir)), "file".into())),
+        #[cfg(any(target_os = "linux", target_os = "macos", target_os = "windows"))]
+        "keyring" => Ok((
+            Arc::new(|dir| {
+                Box::new(keyring_store::KeyringSecretStore::new(
+                    dir.display().to_string(),
+                ))
+            }),
+            "keyring".into(),
+        )),
+        other => Err(format!(
+            "P1CONSENT_SECRET_STORE={other} is not supported (use keyring or file)"
+        )),
+    }
+}
+
+/// Hands a `p1consent://` link to the UI: kept until the UI asks (start-up) and sent as an
+/// event (already running), and the window is brought to the front.
+fn forward_link(app: &AppHandle, url: &str) {
+    if !is_our_link(url) {
+        return;
+    }
+    app.state::<AppCore>().set_pending_link(url.to_string());
+    let _ = app.emit(LINK_EVENT, url.to_string());
+    if let Some(w) = app.get_webview_window("main") {
+        let _ = w.unminimize();
+        let _ = w.show();
+        let _ = w.set_focus();
+    }
+}
+
+/// Starts the app (blocks until the window closes).
+pub fn run() {
+    let (secrets, kind) = match secrets_from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("p1consent-app: {e}");
+            std::process::exit(2);
+        }
+    };
+    let opts = WalletOptions {
+        broker: std::env::var("P1CONSENT_BROKER")
+            .ok()
+            .filter(|b| !b.is_empty()),
+        ..WalletOptions::default()
+    };
+    tauri::Builder::default()
+        // Must come first: a second start hands its arguments (the link) to this one.
+        .plugin(tauri_plugin_single_instance::init(|app, argv, _cwd| {
+            if let Some(url) = argv.iter().find(|a| is_our_link(a)) {
+                forward_link(app, url);
+            }
+        }))
+        .plugin(tauri_plugin_deep_link::init())
+        .setup(move |app| {
+            let dir = match std::env::var_os("P1CONSENT_DATA_DIR") {
+                Some(d) => PathBuf::from(d),
+                None => app.path().app_data_dir()?,
+            };
+            app.manage(AppCore::new(
+                dir,
+                secrets.clone(),
+                kind.clone(),
+                opts.clone(),
+            ));
+            use tauri_plugin_deep_link::DeepLinkExt;
+            #[cfg(any(target_os = "linux", all(debug_assertions, windows)))]
+            {
+                // Installed packages register the scheme through their desktop entry; this
+                // also makes `cargo run` builds the handler.
+                let _ = app.deep_link().register_all();
+            }
+            if let Ok(Some(urls)) = app.deep_link().get_current()
+                && let Some(u) = urls.first()
+            {
+                forward_link(app.handle(), u.as_str());
+            }
+            let handle = app.handle().clone();
+            app.deep_link().on_open_url(move |event| {
+                if let Some(u) = event.urls().first() {
+                    forward_link(&handle, u.as_str());
+                }
+            });
+            // Started as `p1consent-app <link>` without the desktop entry.
+            if let Some(arg) = std::env::args().skip(1).find(|a| is_our_link(a)) {
+                forward_link(app.handle(), &arg);
+            }
+            Ok(())
+        })
+        .invoke_handler(tauri::generate_handler![
+            status,
+            create_identity,
+            pair,
+            pair_image,
+            devices,
+            open_request,
+            pending_requests,
+            grant,
+            decline,
+            consents,
+            revoke,
+            audit,
+            receipt,
+            sync,
+            take_pending_link
+        ])
+        .run(tauri::generate_context!("../tauri.conf.json"))
+        .expect("error while running the P1 Consent app");
+}

@@ -1,0 +1,750 @@
+//! The P1 Consent wallet's window: Leptos (client-side rendering) compiled to wasm.
+//!
+//! Pages: Welcome (create the identity), Pair, Devices, Request review, Consents, Audit.
+//! Every action is a command of the app ([`api::call`]); the UI never sees a key.
+
+pub mod api;
+
+use leptos::{prelude::*, task::spawn_local};
+
+use api::{Audit, ConsentList, Device, NoArgs, Paired, Request, Status, call};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    Welcome,
+    Pair,
+    Devices,
+    Request,
+    Consents,
+    Audit,
+}
+
+impl Page {
+    pub fn title(self) -> &'static str {
+        match self {
+            Page::Welcome => "Welcome",
+            Page::Pair => "Pair a meter",
+            Page::Devices => "Your meters",
+            Page::Request => "Requests",
+            Page::Consents => "Who has access",
+            Page::Audit => "Check the records",
+        }
+    }
+}
+
+/// What every page can reach: the page shown, the app's status, the last message.
+#[derive(Clone, Copy)]
+struct Ctx {
+    page: RwSignal<Page>,
+    status: RwSignal<Status>,
+    /// (is_error, text) shown in a live region.
+    message: RwSignal<Option<(bool, String)>>,
+    /// A request link waiting to be reviewed (typed, pasted or opened from a web page).
+    link: RwSignal<String>,
+}
+
+impl Ctx {
+    fn ok(&self, text: impl Into<String>) {
+        self.message.set(Some((false, text.into())));
+    }
+    fn fail(&self, text: impl Into<String>) {
+        self.message.set(Some((true, text.into())));
+    }
+    fn go(&self, page: Page) {
+        self.message.set(None);
+        self.page.set(page);
+    }
+    fn refresh_status(self) {
+        spawn_local(async move {
+            if let Ok(s) = call::<Status>("status", NoArgs {}).await {
+                self.status.set(s);
+            }
+        });
+    }
+}
+
+/// Routes a `p1consent://` link: pairing codes to Pair, requests to Request review.
+fn route_link(ctx: Ctx, url: String) {
+    ctx.link.set(url.clone());
+    if url.starts_with("p1consent://pair") {
+        ctx.go(Page::Pair);
+    } else {
+        ctx.go(Page::Request);
+    }
+}
+
+#[derive(serde::Serialize)]
+struct LinkArgs {
+    link: String,
+}
+#[derive(serde::Serialize)]
+struct CodeArgs {
+    code: String,
+}
+#[derive(serde::Serialize)]
+struct ImageArgs {
+    image: Vec<u8>,
+}
+#[derive(serde::Serialize)]
+struct BrokerArgs {
+    broker: Option<String>,
+}
+#[derive(serde::Serialize)]
+struct GrantArgs {
+    request: String,
+    device: String,
+}
+#[derive(serde::Serialize)]
+struct RequestArgs {
+    request: String,
+}
+#[derive(serde::Serialize)]
+struct RefreshArgs {
+    refresh: bool,
+}
+#[derive(serde::Serialize)]
+struct RevokeArgs {
+    consent: String,
+    erase: bool,
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    let ctx = Ctx {
+        page: RwSignal::new(Page::Welcome),
+        status: RwSignal::new(Status::default()),
+        message: RwSignal::new(None),
+        link: RwSignal::new(String::new()),
+    };
+    provide_context(ctx);
+    spawn_local(async move {
+        if let Ok(s) = call::<Status>("status", NoArgs {}).await {
+            let initialised = s.initialised;
+            ctx.status.set(s);
+            if initialised {
+                ctx.page.set(Page::Consents);
+            }
+        }
+        if let Ok(Some(url)) = call::<Option<String>>("take_pending_link", NoArgs {}).await {
+            route_link(ctx, url);
+        }
+        api::on_link(move |url| route_link(ctx, url)).await;
+    });
+
+    let nav = move |p: Page| {
+        view! {
+            <li>
+                <button
+                    class="nav"
+                    aria-current=move || (ctx.page.get() == p).then_some("page")
+                    disabled=move || !ctx.status.get().initialised && p != Page::Welcome
+                    on:click=move |_| ctx.go(p)
+                >
+                    {p.title()}
+                </button>
+            </li>
+        }
+    };
+
+    view! {
+        <header>
+            <h1>"P1 Consent"</h1>
+            <nav aria-label="Main">
+                <ul>
+                    {nav(Page::Welcome)}
+                    {nav(Page::Pair)}
+                    {nav(Page::Devices)}
+                    {nav(Page::Request)}
+                    {nav(Page::Consents)}
+                    {nav(Page::Audit)}
+                </ul>
+            </nav>
+        </header>
+        <div id="message" role="status" aria-live="polite">
+            {move || {
+                ctx.message
+                    .get()
+                    .map(|(err, text)| {
+                        view! {
+                            <p class=if err { "error" } else { "ok" } role=err.then_some("alert")>
+                                {text}
+                            </p>
+                        }
+                    })
+            }}
+        </div>
+        <main>
+            <h2 id="page-title">{move || ctx.page.get().title()}</h2>
+            {move || match ctx.page.get() {
+                Page::Welcome => view! { <Welcome /> }.into_any(),
+                Page::Pair => view! { <PairPage /> }.into_any(),
+                Page::Devices => view! { <Devices /> }.into_any(),
+                Page::Request => view! { <RequestPage /> }.into_any(),
+                Page::Consents => view! { <Consents /> }.into_any(),
+                Page::Audit => view! { <AuditPage /> }.into_any(),
+            }}
+        </main>
+    }
+}
+
+fn ctx() -> Ctx {
+    expect_context::<Ctx>()
+}
+
+#[component]
+fn Welcome() -> impl IntoView {
+    let ctx = ctx();
+    let broker = RwSignal::new(String::new());
+    let busy = RwSignal::new(false);
+    let create = move |_| {
+        busy.set(true);
+        let b = broker.get_untracked();
+        spawn_local(async move {
+            match call::<Status>("create_identity", BrokerArgs { broker: Some(b) }).await {
+                Ok(s) => {
+                    ctx.status.set(s);
+                    ctx.go(Page::Pair);
+                    ctx.ok("Your identity is ready. Next: pair your meter.");
+                }
+                Err(e) => ctx.fail(e),
+            }
+            busy.set(false);
+        });
+    };
+    view! {
+        {move || {
+            let s = ctx.status.get();
+            if s.initialised {
+                view! {
+                    <p>"This wallet is set up."</p>
+                    <dl>
+                        <dt>"Your owner key"</dt>
+                        <dd class="mono">{s.owner.clone().unwrap_or_default()}</dd>
+                        <dt>"Keys are kept in"</dt>
+                        <dd>
+                            {if s.secret_store == "keyring" {
+                                "the system keyring".to_string()
+                            } else {
+                                format!("a file in {}", s.data_dir)
+                            }}
+                        </dd>
+                        <dt>"Paired meters"</dt>
+                        <dd>{s.devices}</dd>
+                        <dt>"Requests waiting for an answer"</dt>
+                        <dd>{s.pending_requests}</dd>
+                    </dl>
+                }
+                    .into_any()
+            } else {
+                view! {
+                    <p>
+                        "This wallet decides who may read your smart meter. First it creates your "
+                        "identity: a private key that stays on this computer, in the system keyring."
+                    </p>
+                    <label for="broker">"Message server address (optional, usually taken from your meter's pairing code)"</label>
+                    <input
+                        id="broker"
+                        type="text"
+                        placeholder="mqtts://broker.example:8883"
+                        prop:value=move || broker.get()
+                        on:input=move |ev| broker.set(event_target_value(&ev))
+                    />
+                    <button on:click=create disabled=move || busy.get()>
+                        "Create my identity"
+                    </button>
+                }
+                    .into_any()
+            }
+        }}
+    }
+}
+
+#[component]
+fn PairPage() -> impl IntoView {
+    let ctx = ctx();
+    let busy = RwSignal::new(false);
+    let code = RwSignal::new(
+        if ctx.link.get_untracked().starts_with("p1consent://pair") {
+            ctx.link.get_untracked()
+        } else {
+            String::new()
+        },
+    );
+    let done = move |r: Result<Paired, String>| {
+        match r {
+            Ok(p) => {
+                let name = if p.label.is_empty() {
+                    "your meter".to_string()
+                } else {
+                    p.label
+                };
+                ctx.ok(format!("Paired with {name}."));
+                ctx.refresh_status();
+                ctx.page.set(Page::Devices);
+            }
+            Err(e) => ctx.fail(format!("Pairing did not work: {e}")),
+        }
+        busy.set(false);
+    };
+    let pair_text = move |_| {
+        busy.set(true);
+        ctx.ok("Pairing… this can take up to 20 seconds.");
+        let c = code.get_untracked();
+        spawn_local(async move { done(call::<Paired>("pair", CodeArgs { code: c }).await) });
+    };
+    let pair_file = move |ev: leptos::ev::Event| {
+        let input: web_sys::HtmlInputElement = event_target(&ev);
+        let Some(file) = input.files().and_then(|f| f.get(0)) else {
+            return;
+        };
+        busy.set(true);
+        ctx.ok("Reading the picture and pairing… this can take up to 20 seconds.");
+        spawn_local(async move {
+            let r = match wasm_bindgen_futures::JsFuture::from(file.array_buffer()).await {
+                Ok(buf) => {
+                    let image = js_sys::Uint8Array::new(&buf).to_vec();
+                    call::<Paired>("pair_image", ImageArgs { image }).await
+                }
+                Err(_) => Err("the file could not be read".to_string()),
+            };
+            done(r);
+        });
+    };
+    view! {
+        <p>"Your meter reader shows a pairing code: a QR code and a link starting with p1consent://pair."</p>
+        <label for="pair-code">"Paste the pairing link"</label>
+        <textarea
+            id="pair-code"
+            rows="3"
+            prop:value=move || code.get()
+            on:input=move |ev| code.set(event_target_value(&ev))
+        ></textarea>
+        <button on:click=pair_text disabled=move || busy.get() || code.get().trim().is_empty()>
+            "Pair with this code"
+        </button>
+        <p>"Or choose a photo or screenshot of the QR code:"</p>
+        <label for="pair-image">"Picture of the pairing QR code"</label>
+        <input id="pair-image" type="file" accept="image/png,image/jpeg" on:change=pair_file disabled=move || busy.get() />
+    }
+}
+
+#[component]
+fn Devices() -> impl IntoView {
+    let ctx = ctx();
+    let list = RwSignal::new(None::<Vec<Device>>);
+    spawn_local(async move {
+        match call::<Vec<Device>>("devices", NoArgs {}).await {
+            Ok(d) => list.set(Some(d)),
+            Err(e) => ctx.fail(e),
+        }
+    });
+    view! {
+        {move || match list.get() {
+            None => view! { <p>"Loading…"</p> }.into_any(),
+            Some(d) if d.is_empty() => {
+                view! {
+                    <p>"No meter is paired yet."</p>
+                    <button on:click=move |_| ctx.go(Page::Pair)>"Pair a meter"</button>
+                }
+                    .into_any()
+            }
+            Some(d) => {
+                view! {
+                    <ul class="cards" aria-label="Paired meters">
+                        {d
+                            .into_iter()
+                            .map(|d| {
+                                let name = if d.label.is_empty() { "Meter".to_string() } else { d.label.clone() };
+                                view! {
+                                    <li>
+                                        <h3>{name}</h3>
+                                        <p>
+                                            {if d.paired {
+                                                format!("Paired since {}", d.paired_at)
+                                            } else {
+                                                "No longer paired".to_string()
+                                            }}
+                                        </p>
+                                        <p class="mono" title=d.device.clone()>
+                                            "Meter id " {short(&d.device_id)}
+                                        </p>
+                                    </li>
+                                }
+                            })
+                            .collect_view()}
+                    </ul>
+                }
+                    .into_any()
+            }
+        }}
+    }
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+#[component]
+fn RequestCard(req: Request, devices: Vec<Device>, on_done: Callback<()>) -> impl IntoView {
+    let ctx = ctx();
+    let busy = RwSignal::new(false);
+    let paired: Vec<Device> = devices.into_iter().filter(|d| d.paired).collect();
+    let device = RwSignal::new(
+        paired
+            .first()
+            .map(|d| d.device_id.clone())
+            .unwrap_or_default(),
+    );
+    let rid = req.request_id.clone();
+    let rid2 = req.request_id.clone();
+    let who = req.controller.clone();
+    let who2 = req.controller.clone();
+    let approve = move |_| {
+        busy.set(true);
+        ctx.ok("Sending your permission… this can take up to 20 seconds.");
+        let args = GrantArgs {
+            request: rid.clone(),
+            device: device.get_untracked(),
+        };
+        let who = who.clone();
+        spawn_local(async move {
+            match call::<String>("grant", args).await {
+                Ok(_) => {
+                    ctx.ok(format!("{who} may now receive the data you approved."));
+                    on_done.run(());
+                }
+                Err(e) => ctx.fail(format!("Approving did not work: {e}")),
+            }
+            busy.set(false);
+        });
+    };
+    let decline = move |_| {
+        busy.set(true);
+        let args = RequestArgs {
+            request: rid2.clone(),
+        };
+        let who = who2.clone();
+        spawn_local(async move {
+            match call::<Request>("decline", args).await {
+                Ok(_) => {
+                    ctx.ok(format!("You declined. {who} receives nothing."));
+                    on_done.run(());
+                }
+                Err(e) => ctx.fail(e),
+            }
+            busy.set(false);
+        });
+    };
+    let select_id = format!("device-{}", short(&req.request_id));
+    let no_device = paired.is_empty();
+    view! {
+        <article class="card" aria-label=format!("Request from {}", req.controller)>
+            <h3>{format!("{} asks to receive data from your smart meter", req.controller)}</h3>
+            <dl>
+                <dt>"Who"</dt>
+                <dd>{format!("{} ({})", req.controller, req.contact)}</dd>
+                <dt>"Why"</dt>
+                <dd>{req.purpose.clone()}</dd>
+                <dt>"What they would receive"</dt>
+                <dd>
+                    <ul>
+                        {req
+                            .fields
+                            .iter()
+                            .map(|f| view! { <li title=f.name.clone()>{f.description.clone()}</li> })
+                            .collect_view()}
+                    </ul>
+                </dd>
+                <dt>"How detailed"</dt>
+                <dd>{req.resolution_description.clone()}</dd>
+                <dt>"How long they keep it"</dt>
+                <dd>{req.retention.clone()}</dd>
+                <dt>"Access ends"</dt>
+                <dd>{format!("{} (unless you withdraw it earlier)", req.consent_expires)}</dd>
+                <dt>"Law that applies"</dt>
+                <dd>{req.jurisdiction.clone()}</dd>
+                {req
+                    .policy_url
+                    .clone()
+                    .map(|p| view! { <dt>"Privacy policy"</dt> <dd>{p}</dd> })}
+                <dt>"Answer before"</dt>
+                <dd>{req.link_expires.clone()}</dd>
+            </dl>
+            {if no_device {
+                view! { <p>"Pair a meter first: access is given for one meter."</p> }.into_any()
+            } else {
+                view! {
+                    <label for=select_id.clone()>"Which meter"</label>
+                    <select id=select_id on:change=move |ev| device.set(event_target_value(&ev))>
+                        {paired
+                            .iter()
+                            .map(|d| {
+                                let name = if d.label.is_empty() { short(&d.device_id) } else { d.label.clone() };
+                                view! { <option value=d.device_id.clone()>{name}</option> }
+                            })
+                            .collect_view()}
+                    </select>
+                }
+                    .into_any()
+            }}
+            <div class="actions">
+                <button class="primary" on:click=approve disabled=move || busy.get() || no_device>
+                    "Approve"
+                </button>
+                <button on:click=decline disabled=move || busy.get()>"Decline"</button>
+            </div>
+        </article>
+    }
+}
+
+#[component]
+fn RequestPage() -> impl IntoView {
+    let ctx = ctx();
+    let pending = RwSignal::new(Vec::<Request>::new());
+    let devices = RwSignal::new(Vec::<Device>::new());
+    let load = move || {
+        spawn_local(async move {
+            if let Ok(d) = call::<Vec<Device>>("devices", NoArgs {}).await {
+                devices.set(d);
+            }
+            match call::<Vec<Request>>("pending_requests", NoArgs {}).await {
+                Ok(p) => pending.set(p),
+                Err(e) => ctx.fail(e),
+            }
+            ctx.refresh_status();
+        });
+    };
+    let check = move || {
+        let link = ctx.link.get_untracked();
+        if link.trim().is_empty() {
+            return;
+        }
+        spawn_local(async move {
+            match call::<Request>("open_request", LinkArgs { link }).await {
+                Ok(r) => {
+                    ctx.link.set(String::new());
+                    ctx.ok(format!(
+                        "The request from {} is genuine. Review it below.",
+                        r.controller
+                    ));
+                    load();
+                }
+                Err(e) => ctx.fail(format!(
+                    "This request cannot be used: {e}. Ask the provider for a new link."
+                )),
+            }
+        });
+    };
+    load();
+    // A link opened from a web page (or passed at start) is checked straight away.
+    Effect::new(move |_| {
+        if ctx.link.get().starts_with("p1consent://request") {
+            check();
+        }
+    });
+    let on_done = Callback::new(move |_| load());
+    view! {
+        <p>"A provider's web page gives you a link starting with p1consent://request. It opens here, or paste it:"</p>
+        <label for="request-link">"Request link"</label>
+        <textarea
+            id="request-link"
+            rows="3"
+            prop:value=move || ctx.link.get()
+            on:input=move |ev| ctx.link.set(event_target_value(&ev))
+        ></textarea>
+        <button on:click=move |_| check()>"Check this request"</button>
+        <h3>"Waiting for your answer"</h3>
+        {move || {
+            let p = pending.get();
+            if p.is_empty() {
+                view! { <p>"No request is waiting."</p> }.into_any()
+            } else {
+                let d = devices.get();
+                p.into_iter()
+                    .map(|r| view! { <RequestCard req=r devices=d.clone() on_done=on_done /> })
+                    .collect_view()
+                    .into_any()
+            }
+        }}
+    }
+}
+
+fn status_words(s: &str) -> &'static str {
+    match s {
+        "active" => "Active",
+        "expired" => "Expired",
+        "withdrawn" => "Withdrawn",
+        _ => "Unknown",
+    }
+}
+
+#[component]
+fn ConsentCard(c: api::Consent, on_done: Callback<()>) -> impl IntoView {
+    let ctx = ctx();
+    let confirming = RwSignal::new(false);
+    let erase = RwSignal::new(false);
+    let busy = RwSignal::new(false);
+    let id = c.consent_id.clone();
+    let who = c.controller.clone();
+    let revoke = move |_| {
+        busy.set(true);
+        let args = RevokeArgs {
+            consent: id.clone(),
+            erase: erase.get_untracked(),
+        };
+        let who = who.clone();
+        spawn_local(async move {
+            match call::<String>("revoke", args).await {
+                Ok(_) => {
+                    ctx.ok(format!("{who} no longer receives your data."));
+                    on_done.run(());
+                }
+                Err(e) => ctx.fail(format!("Withdrawing did not work: {e}")),
+            }
+            busy.set(false);
+            confirming.set(false);
+        });
+    };
+    let active = c.status == "active";
+    let erase_id = format!("erase-{}", short(&c.consent_id));
+    let detail = match (c.status.as_str(), c.key_delivered_epoch) {
+        ("active", Some(_)) => "Your meter is sending the data.".to_string(),
+        ("active", None) => "Waiting for your meter to start sending.".to_string(),
+        _ if c.erase_requested && c.erasure_confirmed => {
+            "You asked for erasure; the provider confirmed it.".to_string()
+        }
+        _ if c.erase_requested => "You asked the provider to erase the data.".to_string(),
+        _ => String::new(),
+    };
+    view! {
+        <li class="card" aria-label=format!("{} — {}", c.controller, status_words(&c.status))>
+            <h3>{c.controller.clone()} " — " <span class=format!("badge {}", c.status)>{status_words(&c.status)}</span></h3>
+            <p>{c.purpose.clone()}</p>
+            <p>{format!("Data: {} ({}). Meter {}. Until {}.", c.fields.join(", "), c.resolution, short(&c.device), c.expires)}</p>
+            <p>{detail}</p>
+            {active.then(|| view! {
+                <Show
+                    when=move || confirming.get()
+                    fallback=move || view! { <button on:click=move |_| confirming.set(true)>"Withdraw access…"</button> }
+                >
+                    <div role="group" aria-label="Confirm withdrawal" class="confirm">
+                        <p>"Withdraw this access? The provider stops receiving new data at once."</p>
+                        <input
+                            id=erase_id.clone()
+                            type="checkbox"
+                            prop:checked=move || erase.get()
+                            on:change=move |ev| erase.set(event_target_checked(&ev))
+                        />
+                        <label for=erase_id.clone()>"Also ask the provider to erase the data it already received"</label>
+                        <div class="actions">
+                            <button class="danger" on:click=revoke.clone() disabled=move || busy.get()>"Yes, withdraw"</button>
+                            <button on:click=move |_| confirming.set(false)>"Cancel"</button>
+                        </div>
+                    </div>
+                </Show>
+            })}
+        </li>
+    }
+}
+
+#[component]
+fn Consents() -> impl IntoView {
+    let ctx = ctx();
+    let list = RwSignal::new(None::<ConsentList>);
+    let load = move |refresh: bool| {
+        spawn_local(async move {
+            match call::<ConsentList>("consents", RefreshArgs { refresh }).await {
+                Ok(l) => list.set(Some(l)),
+                Err(e) => ctx.fail(e),
+            }
+        });
+    };
+    load(false);
+    load(true);
+    let on_done = Callback::new(move |_| load(false));
+    let group = move |title: &'static str, status: &'static str| {
+        move || {
+            let items: Vec<api::Consent> = list
+                .get()
+                .map(|l| {
+                    l.consents
+                        .into_iter()
+                        .filter(|c| c.status == status)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (!items.is_empty()).then(|| {
+                view! {
+                    <section aria-label=title>
+                        <h3>{title}</h3>
+                        <ul class="cards">
+                            {items
+                                .into_iter()
+                                .map(|c| view! { <ConsentCard c=c on_done=on_done /> })
+                                .collect_view()}
+                        </ul>
+                    </section>
+                }
+            })
+        }
+    };
+    view! {
+        <button on:click=move |_| load(true)>"Check for updates"</button>
+        {move || list.get().and_then(|l| l.offline).map(|o| view! {
+            <p class="note">{format!("Showing what this wallet last saw ({o}).")}</p>
+        })}
+        {move || match list.get() {
+            None => Some(view! { <p>"Loading…"</p> }.into_any()),
+            Some(l) if l.consents.is_empty() => Some(view! { <p>"Nobody has access to your meter data."</p> }.into_any()),
+            _ => None,
+        }}
+        {group("Active", "active")}
+        {group("Expired", "expired")}
+        {group("Withdrawn", "withdrawn")}
+    }
+}
+
+#[component]
+fn AuditPage() -> impl IntoView {
+    let ctx = ctx();
+    let audit = RwSignal::new(None::<Audit>);
+    let run = move || {
+        spawn_local(async move {
+            match call::<Audit>("audit", NoArgs {}).await {
+                Ok(a) => audit.set(Some(a)),
+                Err(e) => ctx.fail(e),
+            }
+        });
+    };
+    run();
+    view! {
+        <p>"Every decision is kept in signed records. This checks all of them again."</p>
+        <button on:click=move |_| run()>"Check again"</button>
+        {move || audit.get().map(|a| {
+            let headline = if a.verified {
+                format!("All {} records are genuine and complete.", a.entries)
+            } else {
+                format!("{} of the records failed the check. Do not rely on them.", a.rejected)
+            };
+            view! {
+                <p id="audit-result" class=if a.verified { "ok" } else { "error" } role="status">{headline}</p>
+                <ul class="cards" aria-label="Record threads">
+                    {a.threads.into_iter().map(|t| view! {
+                        <li>
+                            {format!("{} thread {}: {} records", if t.kind == "consent" { "Consent" } else { "Meter" }, short(&t.thread_id), t.entries.len())}
+                            {t.rejected.into_iter().map(|r| view! { <p class="error">{r.error}</p> }).collect_view()}
+                        </li>
+                    }).collect_view()}
+                </ul>
+            }
+        })}
+    }
+}
+
+/// Entry point of the wasm module.
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen::prelude::wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(App);
+}
