@@ -180,10 +180,10 @@ impl Agent {
             return Ok(None);
         }
         let now = now_s();
-        if let Some((_, exp)) = offer_link(&self.cfg.offer_path(), self.device()) {
-            if exp > now + 30 {
-                return Ok(None);
-            }
+        if let Some((_, exp)) = offer_link(&self.cfg.offer_path(), self.device())
+            && exp > now + 30
+        {
+            return Ok(None);
         }
         let link = new_offer(
             &self.cfg.offer_path(),
@@ -718,18 +718,18 @@ impl Agent {
         } else {
             offer_link(&self.cfg.offer_path(), self.device()).map(|(l, _)| l.to_string())
         };
-        if let Ok(text) = serde_json::to_vec_pretty(&self.status) {
-            if let Err(e) = write_private(&self.cfg.status_path(), &text) {
-                tracing::warn!(error = %e, "cannot write the status file");
-            }
+        if let Ok(text) = serde_json::to_vec_pretty(&self.status)
+            && let Err(e) = write_private(&self.cfg.status_path(), &text)
+        {
+            tracing::warn!(error = %e, "cannot write the status file");
         }
     }
 
     fn pump(&mut self) {
-        if let Some(link) = &self.link {
-            if let Err(e) = self.pump.pump(&self.store, link) {
-                tracing::error!(error = %e, "outbox");
-            }
+        if let Some(link) = &self.link
+            && let Err(e) = self.pump.pump(&self.store, link)
+        {
+            tracing::error!(error = %e, "outbox");
         }
     }
 }

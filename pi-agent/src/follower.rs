@@ -203,11 +203,11 @@ impl Follower {
                 .copied()
                 .collect();
             for k in ready {
-                if let Some(b) = t.pending.remove(&k) {
-                    if verify_into(t, &b).is_ok() {
-                        verified += 1;
-                        progressed = true;
-                    }
+                if let Some(b) = t.pending.remove(&k)
+                    && verify_into(t, &b).is_ok()
+                {
+                    verified += 1;
+                    progressed = true;
                 }
             }
             if !progressed {
@@ -258,11 +258,11 @@ fn verify_into(t: &mut ThreadState, bytes: &[u8]) -> Result<(), LogError> {
         _ => None,
     };
     t.entries.push(bytes.to_vec());
-    if let Some(p) = provider {
-        if t.has_provider {
-            // A second, different provider in one thread is refused by set_participant.
-            let _ = t.log.set_participant(Role::Provider, p);
-        }
+    if let Some(p) = provider
+        && t.has_provider
+    {
+        // A second, different provider in one thread is refused by set_participant.
+        let _ = t.log.set_participant(Role::Provider, p);
     }
     Ok(())
 }

@@ -120,10 +120,10 @@ impl PairingService {
         let mtime = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok();
-        if let Some((loaded, _)) = &self.current {
-            if *loaded == mtime {
-                return;
-            }
+        if let Some((loaded, _)) = &self.current
+            && *loaded == mtime
+        {
+            return;
         }
         self.current = load_offer(&self.path, self.device).and_then(|offer| {
             DevicePairing::new(offer, &identity.signing, kem)

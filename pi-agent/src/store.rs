@@ -243,7 +243,7 @@ mod tests {
         OutboxMessage {
             topic: format!("t/{n}"),
             payload: vec![n; 3],
-            retain: n % 2 == 0,
+            retain: n.is_multiple_of(2),
             expiry_s: Some(60),
         }
     }

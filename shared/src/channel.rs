@@ -364,13 +364,13 @@ fn parse_rotation_body(body: &[u8]) -> Result<Body<'_>, WireError> {
     let mut slots: Vec<Slot> = Vec::with_capacity(count);
     for _ in 0..count {
         let hint: [u8; HINT_LEN] = b.array()?;
-        if let Some(prev) = slots.last() {
-            if hint <= prev.hint {
-                return Err(WireError::Invalid {
-                    field: "slots",
-                    reason: "hints must be strictly increasing",
-                });
-            }
+        if let Some(prev) = slots.last()
+            && hint <= prev.hint
+        {
+            return Err(WireError::Invalid {
+                field: "slots",
+                reason: "hints must be strictly increasing",
+            });
         }
         let wrapped = WrappedSecret::read(&mut b).map_err(wire_of)?;
         if wrapped.sealed.len() != SLOT_SEALED_LEN {

@@ -294,11 +294,11 @@ mod tls {
         for cert in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(cert);
         }
-        if let Ok(path) = std::env::var("P1C_MQTT_CA_FILE") {
-            if let Ok(pem) = std::fs::read(&path) {
-                for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
-                    let _ = roots.add(cert);
-                }
+        if let Ok(path) = std::env::var("P1C_MQTT_CA_FILE")
+            && let Ok(pem) = std::fs::read(&path)
+        {
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
+                let _ = roots.add(cert);
             }
         }
         let config = rustls::ClientConfig::builder()
@@ -349,11 +349,10 @@ async fn run(
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(token) = inflight.remove(&ack.pkid) {
-                            if events.send(LinkEvent::Acked(token)).is_err() {
+                        if let Some(token) = inflight.remove(&ack.pkid)
+                            && events.send(LinkEvent::Acked(token)).is_err() {
                                 return;
                             }
-                        }
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
                         if let Some(token) = unassigned.pop_front() {

@@ -446,7 +446,8 @@ impl ViewPayload {
                     .filter(|r| *r != Resolution::Raw)
                     .ok_or(ViewError::Invalid("resolution_s"))?;
                 let len = u64::from(res.seconds()) * 1000;
-                if a.start_ms % len != 0 || a.end_ms.checked_sub(a.start_ms) != Some(len) {
+                if !a.start_ms.is_multiple_of(len) || a.end_ms.checked_sub(a.start_ms) != Some(len)
+                {
                     return Err(ViewError::Invalid(
                         "window is not aligned to its resolution",
                     ));

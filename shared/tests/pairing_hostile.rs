@@ -303,7 +303,7 @@ fn link_parsing_errors() {
     ));
     // Non-canonical trailing bits are refused.
     let mut chars: Vec<char> = d.chars().collect();
-    if d.len() % 4 != 0 {
+    if !d.len().is_multiple_of(4) {
         let last = chars.last_mut().unwrap();
         // Flip the lowest bit of the last sextet: the decoded bytes are unchanged if the
         // decoder allowed trailing bits, so it must refuse.

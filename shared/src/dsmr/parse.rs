@@ -210,14 +210,15 @@ pub fn parse(bytes: &[u8], opts: ParseOptions) -> Result<Telegram, DsmrError> {
         process_line(&mut t, &mut warnings, n, &l);
     }
 
-    if bang.is_some() && crc_digits_len == 0 {
-        if let Some(v) = &t.version {
-            warnings.push(LineError {
-                line: end_line,
-                text: "!".to_string(),
-                reason: format!("no CRC after '!' although version {v} telegrams carry one"),
-            });
-        }
+    if bang.is_some()
+        && crc_digits_len == 0
+        && let Some(v) = &t.version
+    {
+        warnings.push(LineError {
+            line: end_line,
+            text: "!".to_string(),
+            reason: format!("no CRC after '!' although version {v} telegrams carry one"),
+        });
     }
     t.mbus.sort_by_key(|c| c.channel);
     for ch in &mut t.mbus {
@@ -418,7 +419,9 @@ fn days_in_month(year: u16, month: u8) -> u8 {
     match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
+            29
+        }
         2 => 28,
         _ => 0,
     }
@@ -488,7 +491,7 @@ pub fn parse_timestamp(v: &[u8]) -> Result<Timestamp, String> {
 
 /// Hex-decode `raw` when it is non-empty even-length hex of printable ASCII.
 fn decode_hex_text(raw: &[u8]) -> Option<String> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return None;
     }
     let mut out = String::with_capacity(raw.len() / 2);
