@@ -153,7 +153,7 @@ async fn s1_pairing_through_the_agent(kind: BrokerKind) {
     }
     let other_dir = tempfile::tempdir().unwrap();
     let mut opts = p1consent_scenarios::wallet_options(&w.url);
-    opts.timeout = Duration::from_secs(4);
+    opts.timeout = Duration::from_secs(6);
     let mut other = p1consent_wallet::Wallet::init(
         other_dir.path(),
         p1consent_wallet::Wallet::file_secrets(other_dir.path()),
@@ -542,7 +542,7 @@ async fn s5_short_consent_expires_on_the_agents_clock(kind: BrokerKind) {
     let device = w.pair().await;
     let mut a = Prov::connect(&w.url, "Alpha").await;
     let link = a.request(raw_fields(), Resolution::Raw, 3600);
-    let expires_at = now_s() + 15;
+    let expires_at = now_s() + 20;
     let (cid, ch) = grant_scoped(
         &mut w,
         &mut a,
@@ -579,7 +579,7 @@ async fn s5_short_consent_expires_on_the_agents_clock(kind: BrokerKind) {
     let delivery = w.captured_delivery(&a.public(), &cid).await;
     w.spy
         .wait_until("the expiry rotation", |m| {
-            rotation_seqs(&channel_records(m, &ch)).len() >= 1
+            !rotation_seqs(&channel_records(m, &ch)).is_empty()
         })
         .await;
     a.drain_for(Duration::from_secs(2)).await;
