@@ -846,8 +846,8 @@ async fn s7_rebuilt_wallet_audit_and_isolation(kind: BrokerKind) {
 // ------------------------------------------------------------------------------ 8
 
 /// The agent is stopped and started again on the same state directory between steps: the
-/// provider's sequence numbers continue with nothing lost or duplicated, keys delivered
-/// after a restart work, and the agent's consent-log chain continues (its acknowledgements
+/// provider's sequence numbers continue with nothing lost or duplicated, a grant made while
+/// the agent was down is picked up when it starts, and the agent's consent-log chain continues (its acknowledgements
 /// after a restart verify in the owner's wallet).
 ///
 /// Known limitation (not counted): a provider may see one Gap at the very start of each
@@ -869,13 +869,32 @@ async fn s8_agent_restart_keeps_the_chain(kind: BrokerKind) {
     w.restart_agent().await;
     a.readings(&cid_a, 6).await;
 
-    // A grant handled by the restarted agent, then another restart.
+    // The owner grants B while the agent is down: the agent picks the grant up from the
+    // broker when it starts again and delivers B's key. Then another restart.
+    w.stop_agent().await;
     let link_b = b.request(
         FieldSet::empty().with(Field::PowerReturned),
         Resolution::Raw,
         3600,
     );
-    let (cid_b, _) = grant_and_key(&mut w, &mut b, &link_b).await;
+    let cid_b = w.grant(&link_b, GrantScope::default()).await;
+    b.wait(
+        "B's grant",
+        |e| matches!(e, ProviderEvent::Granted { consent, .. } if *consent == cid_b),
+    )
+    .await;
+    assert!(
+        !b.log
+            .iter()
+            .any(|e| matches!(e, ProviderEvent::KeyReceived { .. })),
+        "a key while the agent is down"
+    );
+    w.start_agent().await;
+    b.wait(
+        "B's key from the restarted agent",
+        |e| matches!(e, ProviderEvent::KeyReceived { consent, .. } if *consent == cid_b),
+    )
+    .await;
     b.readings(&cid_b, 3).await;
     w.restart_agent().await;
     a.readings(&cid_a, 4).await;
