@@ -173,7 +173,10 @@ ok "dashboard: ${B}$URL${N}   (log: $DEMO_DIR/dashboard.log)"
 # ---- 3a. with a display: the wallet app -----------------------------------------------------
 run_app() {
     step "Building and starting the wallet app (Tauri; the first build takes 10-15 minutes)"
-    ensure_test_deps >/dev/null || { say "could not install the app's Debian packages"; return 1; }
+    # The app's Debian packages (docs/APP.md); the demo keeps its keys in a file, no keyring.
+    apt_install build-essential pkg-config file libwebkit2gtk-4.1-dev libxdo-dev libssl-dev \
+        libayatana-appindicator3-dev librsvg2-dev libdbus-1-dev ||
+        { say "could not install the app's Debian packages"; return 1; }
     if ! cargo build --locked -p p1consent-app >"$DEMO_DIR/app-build.log" 2>&1; then
         say "the app did not build (see $DEMO_DIR/app-build.log)"
         return 1

@@ -137,7 +137,7 @@ fn aggregate_power(a: &Aggregate) -> Option<(f64, &'static str)> {
         a.energy_returned_tariff1_kwh,
         a.energy_returned_tariff2_kwh,
     );
-    if delivered.is_none() && returned.is_none() || a.resolution_s == 0 {
+    if (delivered.is_none() && returned.is_none()) || a.resolution_s == 0 {
         return None;
     }
     let kwh = delivered.unwrap_or(0.0) - returned.unwrap_or(0.0);

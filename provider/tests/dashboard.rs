@@ -131,7 +131,7 @@ fn api_state(addr: &str) -> Value {
 }
 
 /// Polls the dashboard's state until `pred` holds (fails after [`WAIT`]).
-async fn wait_state(addr: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+async fn wait_state(addr: &str, log: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let a = addr.to_string();
@@ -143,7 +143,8 @@ async fn wait_state(addr: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Va
         }
         assert!(
             Instant::now() < deadline,
-            "timed out waiting for {what}; dashboard state: {s:#}"
+            "timed out waiting for {what}; dashboard state: {s:#}\ndashboard log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -263,13 +264,14 @@ async fn dashboard_charts_live_power_in_headless_chromium() {
     );
 
     // The dashboard on a free port; it prints its URL first.
+    let dash_log = tmp.path().join("dashboard.log");
     let mut dash = Child(
         provider_bin()
             .args(["--dir", pd, "--insecure-no-passphrase", "dashboard"])
             .args(["--broker", &mosq.url(), "--listen", "127.0.0.1:0"])
             .args(["--request-link", &link])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(&dash_log).expect("dashboard log"))
             .spawn()
             .expect("start the dashboard"),
     );
@@ -296,7 +298,7 @@ async fn dashboard_charts_live_power_in_headless_chromium() {
         .to_string();
 
     // Waiting for consent: the page offers the request link.
-    let s = wait_state(&addr, "connected and waiting", |s| {
+    let s = wait_state(&addr, &dash_log, "connected and waiting", |s| {
         s["connected"] == true && s["state"] == "waiting"
     })
     .await;
@@ -331,7 +333,7 @@ async fn dashboard_charts_live_power_in_headless_chromium() {
         .expect("grant")
         .to_hex();
 
-    let s = wait_state(&addr, "a few readings", |s| {
+    let s = wait_state(&addr, &dash_log, "a few readings", |s| {
         s["state"] == "receiving" && s["points"].as_array().is_some_and(|p| p.len() >= 3)
     })
     .await;
@@ -368,7 +370,7 @@ async fn dashboard_charts_live_power_in_headless_chromium() {
 
     // The owner revokes with erasure: the page says so and the erased data is gone.
     wallet.revoke(&consent, true).await.expect("revoke");
-    let s = wait_state(&addr, "revoked and erased", |s| {
+    let s = wait_state(&addr, &dash_log, "revoked and erased", |s| {
         s["state"] == "revoked" && s["consent"]["phase"]["state"] == "erased"
     })
     .await;

@@ -23,6 +23,11 @@ function clock(ms) {
   return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
+const RESOLUTIONS = {
+  raw: "every telegram (about every second)", ten_seconds: "10-second windows",
+  minute: "1-minute windows", quarter_hour: "15-minute windows", hour: "hourly windows", day: "daily windows",
+};
+
 function niceNumber(v) {
   const a = Math.abs(v);
   return a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1) : a >= 1 ? v.toFixed(2) : v.toFixed(3);
@@ -70,6 +75,7 @@ function render(s) {
   if (waiting) {
     text("request-link", s.request_link);
     $("request-anchor").setAttribute("href", s.request_link);
+    if (!$("request-qr").getAttribute("src")) $("request-qr").setAttribute("src", "/request-qr.svg");
   }
 
   const c = s.consent;
@@ -78,7 +84,7 @@ function render(s) {
     text("c-controller", c.controller);
     text("c-purpose", c.purpose);
     text("c-fields", c.fields.join(", "));
-    text("c-resolution", c.resolution);
+    text("c-resolution", RESOLUTIONS[c.resolution] || c.resolution);
     text("c-retention", c.retention_days + " days");
     text("c-expires", new Date(c.expires_at * 1000).toLocaleString());
     text("c-readings", String(c.readings));
