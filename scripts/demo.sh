@@ -124,13 +124,15 @@ PORT=$(free_port) || die "no free TCP port found"
 BROKER="mqtt://127.0.0.1:$PORT"
 AGENT_DIR="$DEMO_DIR/agent"
 LOGS_ON_FAILURE+=("$DEMO_DIR/agent.log")
-RUST_LOG=${RUST_LOG:-info} "$BIN/pi-agent" --state-dir "$AGENT_DIR" run --simulate --listen "127.0.0.1:$PORT" \
+# Through the environment, so `pi-agent pair` below puts the same broker in its code.
+export P1C_BROKER_LISTEN="127.0.0.1:$PORT"
+RUST_LOG=${RUST_LOG:-info} "$BIN/pi-agent" --state-dir "$AGENT_DIR" run --simulate \
     >"$DEMO_DIR/agent.log" 2>&1 &
 AGENT_PID=$!
 PIDS+=("$AGENT_PID")
 wait_for port_open "$PORT" || die "the agent's broker did not open port $PORT"
 alive "$AGENT_PID" || die "the agent stopped"
-say "pi-agent --state-dir $AGENT_DIR run --simulate --listen 127.0.0.1:$PORT   (log: $DEMO_DIR/agent.log)"
+say "P1C_BROKER_LISTEN=127.0.0.1:$PORT pi-agent --state-dir $AGENT_DIR run --simulate   (log: $DEMO_DIR/agent.log)"
 ok "agent running, broker at $BROKER"
 
 "$BIN/pi-agent" --state-dir "$AGENT_DIR" pair >"$DEMO_DIR/pairing.txt" 2>&1 || die "pi-agent pair failed: $(cat "$DEMO_DIR/pairing.txt")"
@@ -163,7 +165,8 @@ LOGS_ON_FAILURE+=("$DEMO_DIR/dashboard.log")
 DASH_PID=$!
 PIDS+=("$DASH_PID")
 dash_url() { grep -o 'http://[^ ]*' "$DEMO_DIR/dashboard.out" 2>/dev/null | head -n 1; }
-wait_for test -n "$(dash_url)" || die "the dashboard did not start"
+dash_started() { [ -n "$(dash_url)" ] || { alive "$DASH_PID" || die "the dashboard stopped"; false; }; }
+wait_for dash_started || die "the dashboard did not start"
 URL=$(dash_url)
 api() { curl -fsS --max-time 10 "${URL}api/state"; }
 dash_is() { api 2>/dev/null | jq -e "$1" >/dev/null 2>&1; }
