@@ -120,12 +120,10 @@ fn aggregate_power(a: &Aggregate) -> Option<(f64, &'static str)> {
         return mean.filter(|(v, _)| v.is_finite());
     }
     let sum = |total: Option<Counter>, t1: Option<Counter>, t2: Option<Counter>| {
-        total
-            .map(|c| c.delta)
-            .or_else(|| match (t1, t2) {
-                (None, None) => None,
-                (a, b) => Some(a.map_or(0.0, |c| c.delta) + b.map_or(0.0, |c| c.delta)),
-            })
+        total.map(|c| c.delta).or_else(|| match (t1, t2) {
+            (None, None) => None,
+            (a, b) => Some(a.map_or(0.0, |c| c.delta) + b.map_or(0.0, |c| c.delta)),
+        })
     };
     let delivered = sum(
         a.energy_delivered_total_kwh,
@@ -314,8 +312,7 @@ impl Dashboard {
                     erase_requested: true,
                 } => (
                     "revoked",
-                    "Revoked by the owner, who asked for erasure of the data received."
-                        .to_string(),
+                    "Revoked by the owner, who asked for erasure of the data received.".to_string(),
                 ),
                 ConsentPhase::Erased => (
                     "revoked",
@@ -400,7 +397,10 @@ fn respond(headers: &HeaderMap, content_type: &'static str, body: String) -> Res
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 

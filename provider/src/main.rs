@@ -12,9 +12,10 @@ use std::{
 
 use clap::{Parser, Subcommand, ValueEnum};
 use p1consent_provider::{
-    ConsentPhase,
-    dashboard::{self, Dashboard}, KdfParams, Protection, Provider, ProviderEvent, ProviderKeys, ReadingLine,
-    RequestBuilder, parse_public_key, read_state, request, verify_receipt,
+    ConsentPhase, KdfParams, Protection, Provider, ProviderEvent, ProviderKeys, ReadingLine,
+    RequestBuilder,
+    dashboard::{self, Dashboard},
+    parse_public_key, read_state, request, verify_receipt,
 };
 use p1consent_shared::{
     consent::{Field, FieldSet, Resolution},

@@ -227,25 +227,54 @@ async fn dashboard_charts_live_power_in_headless_chromium() {
     let pd = pdir.to_str().expect("utf-8 path");
     let out = provider_bin()
         .args(["--dir", pd, "--insecure-no-passphrase", "init"])
-        .args(["--name", "Wattt Insights", "--contact", "privacy@wattt.example"])
+        .args([
+            "--name",
+            "Wattt Insights",
+            "--contact",
+            "privacy@wattt.example",
+        ])
         .output()
         .expect("provider init");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = provider_bin()
-        .args(["--dir", pd, "--insecure-no-passphrase", "request", "--no-qr"])
+        .args([
+            "--dir",
+            pd,
+            "--insecure-no-passphrase",
+            "request",
+            "--no-qr",
+        ])
         .args(["--purpose", "Live energy coaching"])
-        .args(["--fields", "power_delivered,power_returned,energy_delivered"])
+        .args([
+            "--fields",
+            "power_delivered,power_returned,energy_delivered",
+        ])
         .args(["--resolution", "raw", "--expires-in", "30d"])
         .output()
         .expect("provider request");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let link = String::from_utf8_lossy(&out.stdout).trim().to_string();
 
     // Another provider's link is refused.
     let other = tmp.path().join("other");
     let od = other.to_str().expect("utf-8 path");
     let out = provider_bin()
-        .args(["--dir", od, "--insecure-no-passphrase", "init", "--name", "X"])
+        .args([
+            "--dir",
+            od,
+            "--insecure-no-passphrase",
+            "init",
+            "--name",
+            "X",
+        ])
         .args(["--contact", "x@x.example"])
         .output()
         .expect("other init");
@@ -312,7 +341,10 @@ async fn dashboard_charts_live_power_in_headless_chromium() {
     let profile = tmp.path().join("chromium");
     let dom = dump_dom(&chromium_bin, &profile, &url);
     assert_eq!(page_state(&dom), "waiting", "{dom}");
-    assert!(dom.contains(&link.replace('&', "&amp;")), "request link on the page: {dom}");
+    assert!(
+        dom.contains(&link.replace('&', "&amp;")),
+        "request link on the page: {dom}"
+    );
     assert_eq!(chart_points(&dom), 0);
 
     // The owner pairs the meter and grants the request.
@@ -363,7 +395,11 @@ async fn dashboard_charts_live_power_in_headless_chromium() {
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG file");
     let width = u32::from_be_bytes(png[16..20].try_into().expect("IHDR"));
     assert_eq!(width, 1000, "screenshot of the whole window");
-    assert!(png.len() > 20_000, "non-trivial screenshot: {} bytes", png.len());
+    assert!(
+        png.len() > 20_000,
+        "non-trivial screenshot: {} bytes",
+        png.len()
+    );
     if let Ok(dir) = std::env::var("P1C_KEEP_SCREENSHOT") {
         let _ = std::fs::copy(&shot, Path::new(&dir).join("dashboard.png"));
     }
@@ -374,7 +410,12 @@ async fn dashboard_charts_live_power_in_headless_chromium() {
         s["state"] == "revoked" && s["consent"]["phase"]["state"] == "erased"
     })
     .await;
-    assert!(s["state_text"].as_str().is_some_and(|t| t.contains("erased")), "{s}");
+    assert!(
+        s["state_text"]
+            .as_str()
+            .is_some_and(|t| t.contains("erased")),
+        "{s}"
+    );
     assert_eq!(s["points"].as_array().map(Vec::len), Some(0));
     let dom = dump_dom(&chromium_bin, &profile, &url);
     assert_eq!(page_state(&dom), "revoked", "{dom}");
