@@ -252,7 +252,7 @@ run_story() {
     say "dashboard: $(api | jq -r .state_text)"
     say "the last readings, as the provider stored them ($data):"
     tail -n 3 "$data" | jq -c '{seq, window_end_ms: .payload.end_ms, mean_power_kw: .payload.power_delivered_kw.mean,
-        meter_kwh: ((.payload.energy_delivered_tariff1_kwh.end // 0) + (.payload.energy_delivered_tariff2_kwh.end // 0))}' | indent
+        meter_kwh: ((.payload.energy_delivered_tariff1_kwh.end // 0) + (.payload.energy_delivered_tariff2_kwh.end // 0) | . * 1000 | round / 1000)}' | indent
     say "chart points on the dashboard: $(api | jq '.points | length')"
     ok "data flows, end-to-end encrypted from the meter to the provider"
 
