@@ -1,16 +1,21 @@
 //! `p1consent-provider`: the provider CLI (keys, request links, listening for data).
 
 use std::{
+    collections::HashSet,
     io::Write,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
 use p1consent_provider::{
     ConsentPhase, KdfParams, Protection, Provider, ProviderEvent, ProviderKeys, ReadingLine,
-    RequestBuilder, parse_public_key, read_state, request, verify_receipt,
+    RequestBuilder,
+    dashboard::{self, Dashboard},
+    parse_public_key, read_state, request, verify_receipt,
 };
 use p1consent_shared::{
     consent::{Field, FieldSet, Resolution},
@@ -98,6 +103,19 @@ enum Cmd {
         /// Append readings to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Serve a live local web page: a chart of the power use in the granted stream, the
+    /// consent (purpose, controller, expiry) and its state. Receives and stores data like
+    /// `listen` (do not run both on the same --dir). Prints the page's URL; Ctrl-C stops it.
+    Dashboard {
+        #[arg(long, env = "P1C_BROKER", default_value = "mqtt://127.0.0.1:1883")]
+        broker: String,
+        /// Address of the web page (port 0: any free port; the URL is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// A request link to show on the page (with its QR code) while no consent is known.
+        #[arg(long)]
+        request_link: Option<String>,
     },
     /// Show the identity and what is known of every consent.
     Status,
@@ -242,6 +260,21 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
             let keys = load_keys(&cli.dir, cli.insecure_no_passphrase)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(listen(keys, &broker, &data_dir(&cli.dir), format, out))
+        }
+        Cmd::Dashboard {
+            broker,
+            listen,
+            request_link,
+        } => {
+            let keys = load_keys(&cli.dir, cli.insecure_no_passphrase)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(run_dashboard(
+                keys,
+                &broker,
+                &data_dir(&cli.dir),
+                listen,
+                request_link,
+            ))
         }
         Cmd::Status => {
             let keys = load_keys(&cli.dir, cli.insecure_no_passphrase)?;
@@ -596,5 +629,94 @@ fn csv_quote(s: &str) -> String {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_dashboard(
+    keys: ProviderKeys,
+    broker: &str,
+    dir: &Path,
+    listen: SocketAddr,
+    request_link: Option<String>,
+) -> Result<ExitCode, AnyError> {
+    if let Some(l) = &request_link {
+        // Refuse to show something that is not a valid request of ours.
+        let now = p1consent_provider::now_ms() / 1000;
+        let req = p1consent_shared::consent::SignedRequest::from_link(l, now)
+            .map_err(|e| format!("--request-link: {e}"))?;
+        if req.content().provider_kem != *keys.kem().public() {
+            return Err("--request-link is a request of another provider".into());
+        }
+    }
+    let (listener, addr) = dashboard::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let mut provider = Provider::connect(keys, broker, dir)?;
+    let shared = Arc::new(Mutex::new(Dashboard::new(
+        provider.public().opaque_id().to_string(),
+        broker.to_string(),
+        provider.consents(),
+        request_link,
+    )));
+    let mut server = tokio::spawn(dashboard::serve(listener, shared.clone()));
+    println!("dashboard: http://{addr}/");
+    std::io::stdout().flush()?;
+    eprintln!(
+        "dashboard for {} on {broker} ({} consent(s) known)",
+        provider.public().opaque_id(),
+        provider.consents().len()
+    );
+    let mut receiving = HashSet::new();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            ev = provider.next_event() => {
+                let ev = ev?;
+                if let ProviderEvent::Reading { consent, .. } = &ev
+                    && receiving.insert(*consent)
+                {
+                    eprintln!("RECEIVING consent {consent}: first reading");
+                }
+                if let Some(line) = dashboard::describe(&ev) {
+                    eprintln!("{line}");
+                }
+                let consents = provider.consents();
+                shared
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .apply(&ev, consents, p1consent_provider::now_ms());
+            }
+            res = &mut server => {
+                let _ = provider.close();
+                return Err(match res {
+                    Ok(Ok(())) => "the web server stopped".into(),
+                    Ok(Err(e)) => format!("the web server failed: {e}").into(),
+                    Err(e) => format!("the web server failed: {e}").into(),
+                });
+            }
+            _ = &mut stop => {
+                // Keep what the broker already handed over (stored by the provider).
+                provider.close()?;
+                eprintln!("stopped");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
     }
 }

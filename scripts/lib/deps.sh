@@ -6,6 +6,7 @@
 TEST_APT_PACKAGES=(pkg-config mosquitto socat
     build-essential file libwebkit2gtk-4.1-dev libxdo-dev libssl-dev libayatana-appindicator3-dev
     librsvg2-dev libdbus-1-dev gnome-keyring dbus dbus-x11 libsecret-tools)
+TEST_APT_PACKAGES+=(chromium) # the provider dashboard test renders the page in headless Chromium
 
 apt_install() {
     local missing=()
