@@ -162,12 +162,7 @@ fn summary(s: &Sets, started: SystemTime) {
             stream_theirs,
             s.stream.len() as u64,
         ),
-        (
-            "parse_all_samples",
-            "p1consent",
-            all_n,
-            total_bytes(&s.all),
-        ),
+        ("parse_all_samples", "p1consent", all_n, total_bytes(&s.all)),
     ];
     println!();
     println!("== P1 parse throughput (criterion median) ==");
@@ -191,10 +186,7 @@ fn summary(s: &Sets, started: SystemTime) {
         println!("{group:<18} {id:<10} {n:>10} {bytes:>9} {tps:>14} {mbs:>12}");
     }
     for group in ["parse_vs_dsmr5", "parse_stream"] {
-        if let (Some(o), Some(t)) = (
-            med.get(&(group, "p1consent")),
-            med.get(&(group, "dsmr5")),
-        ) {
+        if let (Some(o), Some(t)) = (med.get(&(group, "p1consent")), med.get(&(group, "dsmr5"))) {
             // Same telegrams on both sides, so the time ratio is the throughput ratio.
             let r = t / o;
             println!(
@@ -221,5 +213,46 @@ fn main() {
     c.final_summary();
     if common::is_bench_run() {
         summary(&s, started);
+        // Load-robust: blocks of ours alternate with blocks of dsmr5, median per-round ratio.
+        let acc = &s.accepted;
+        let (o, t, r) = common::interleaved(
+            40,
+            20,
+            || {
+                for (_, f) in acc {
+                    black_box(ours(f, ParseOptions::default()));
+                }
+            },
+            20,
+            || {
+                for (_, f) in acc {
+                    black_box(theirs(f));
+                }
+            },
+        );
+        println!(
+            "interleaved (40 rounds x 20 passes over the {} files): p1consent {} / dsmr5 {} per pass: p1consent / dsmr5 throughput = {:.2}x",
+            acc.len(),
+            common::fmt_ns(o),
+            common::fmt_ns(t),
+            1.0 / r
+        );
+        let (o, t, r) = common::interleaved(
+            20,
+            1,
+            || {
+                black_box(ours(&s.stream, ParseOptions::default()));
+            },
+            1,
+            || {
+                black_box(theirs(&s.stream));
+            },
+        );
+        println!(
+            "interleaved (20 rounds over the 566-telegram stream): p1consent {} / dsmr5 {}: p1consent / dsmr5 throughput = {:.2}x",
+            common::fmt_ns(o),
+            common::fmt_ns(t),
+            1.0 / r
+        );
     }
 }

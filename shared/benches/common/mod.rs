@@ -110,3 +110,42 @@ pub fn stream_capture() -> Vec<u8> {
     let p = data_dir().join("p1-streams/iskra-am550t_dsmr50_566-telegrams_1s.txt");
     std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
+
+/// Load-robust comparison of two routines on a shared, busy machine: alternates blocks of
+/// `iters_a` calls of `a` and `iters_b` calls of `b` for `rounds` rounds, so both see the
+/// same load, and returns (median ns per call of a, median ns per call of b, median of the
+/// per-round ratios a/b).
+pub fn interleaved(
+    rounds: usize,
+    iters_a: usize,
+    mut a: impl FnMut(),
+    iters_b: usize,
+    mut b: impl FnMut(),
+) -> (f64, f64, f64) {
+    let time = |n: usize, f: &mut dyn FnMut()| {
+        let t0 = std::time::Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        t0.elapsed().as_nanos() as f64 / n as f64
+    };
+    // Warm-up.
+    time(iters_a, &mut a);
+    time(iters_b, &mut b);
+    let mut ta = Vec::with_capacity(rounds);
+    let mut tb = Vec::with_capacity(rounds);
+    let mut r = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let x = time(iters_a, &mut a);
+        let y = time(iters_b, &mut b);
+        ta.push(x);
+        tb.push(y);
+        r.push(x / y);
+    }
+    (median(&mut ta), median(&mut tb), median(&mut r))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}

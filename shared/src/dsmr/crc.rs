@@ -130,12 +130,18 @@ mod tests {
             for &b in data {
                 crc ^= u16::from(b);
                 for _ in 0..8 {
-                    crc = if crc & 1 != 0 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
+                    crc = if crc & 1 != 0 {
+                        (crc >> 1) ^ 0xA001
+                    } else {
+                        crc >> 1
+                    };
                 }
             }
             crc
         }
-        let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(97) ^ (i >> 3)) as u8).collect();
+        let data: Vec<u8> = (0..300u32)
+            .map(|i| (i.wrapping_mul(97) ^ (i >> 3)) as u8)
+            .collect();
         for len in 0..data.len() {
             assert_eq!(crc16_arc(&data[..len]), bitwise(&data[..len]), "len {len}");
         }

@@ -417,7 +417,8 @@ fn integer(v: &[u8]) -> R<u64> {
         return Err(format!("not an integer: {:?}", lossy(v)));
     }
     // At most 19 decimal digits always fit a u64.
-    Ok(v.iter().fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0')))
+    Ok(v.iter()
+        .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0')))
 }
 
 fn small<T: TryFrom<u64>>(v: &[u8]) -> R<T> {
@@ -825,9 +826,22 @@ mod tests {
     #[test]
     fn number_fast_path_is_exact() {
         let cases = [
-            "0", "-0.000", "001581.123", "00.170", "5.", ".5", "-12.5", "123456789012345",
-            "12345678901234.5", "0.000000000000001", "99999.999", "1234567890123456", "00981.443",
-            "-0.001", "6285.065", "2147483647",
+            "0",
+            "-0.000",
+            "001581.123",
+            "00.170",
+            "5.",
+            ".5",
+            "-12.5",
+            "123456789012345",
+            "12345678901234.5",
+            "0.000000000000001",
+            "99999.999",
+            "1234567890123456",
+            "00981.443",
+            "-0.001",
+            "6285.065",
+            "2147483647",
         ];
         for c in cases {
             let want: f64 = c.parse().unwrap();
@@ -845,9 +859,16 @@ mod tests {
             let s = format!("{m:0digits$}");
             let s = format!("{}.{}", &s[..digits - dot], &s[digits - dot..]);
             let want: f64 = s.parse().unwrap();
-            assert_eq!(super::number(s.as_bytes()).unwrap().to_bits(), want.to_bits(), "{s}");
+            assert_eq!(
+                super::number(s.as_bytes()).unwrap().to_bits(),
+                want.to_bits(),
+                "{s}"
+            );
         }
-        assert_eq!(super::integer(b"9999999999999999999").unwrap(), 9_999_999_999_999_999_999);
+        assert_eq!(
+            super::integer(b"9999999999999999999").unwrap(),
+            9_999_999_999_999_999_999
+        );
         assert_eq!(super::integer(b"0002").unwrap(), 2);
     }
 
