@@ -17,10 +17,10 @@ cd "$(dirname "$0")/.."
 
 ROUNDS="${1:-300}"
 DSMR_PARSER_VERSION="${DSMR_PARSER_VERSION:-1.11.2}"
-VENV="${VENV:-target/bench-venv}"
-OUT="target/bench-compare"
-SAMPLES="shared/tests/data/p1-samples"
-STREAM="shared/tests/data/p1-streams/iskra-am550t_dsmr50_566-telegrams_1s.txt"
+VENV="${VENV:-$PWD/target/bench-venv}"
+OUT="$PWD/target/bench-compare"
+SAMPLES="$PWD/shared/tests/data/p1-samples"
+STREAM="$PWD/shared/tests/data/p1-streams/iskra-am550t_dsmr50_566-telegrams_1s.txt"
 mkdir -p "$OUT"
 
 if [ ! -x "$VENV/bin/python" ]; then
