@@ -334,7 +334,7 @@ fn process_values<'a>(
 ) {
     let res = split_line(line, vals).and_then(|code| {
         let known = match Obis::parse(code) {
-            Some(obis) if matches!(obis.f, None | Some(255)) => apply(t, obis, &vals)?,
+            Some(obis) if matches!(obis.f, None | Some(255)) => apply(t, obis, vals)?,
             Some(_) => false,
             None => return Err(format!("not an OBIS code: {:?}", lossy(code))),
         };
