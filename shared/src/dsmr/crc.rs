@@ -3,11 +3,14 @@
 //! Polynomial 0x8005 reflected (0xA001), initial value 0, no final xor,
 //! computed over every byte from the `/` of the header up to and including `!`.
 
-/// Table for the byte-at-a-time reflected CRC-16/ARC.
-const TABLE: [u16; 256] = build_table();
+/// Slicing-by-8 tables for the reflected CRC-16/ARC: `TABLES[0]` is the classic
+/// byte-at-a-time table, `TABLES[k][i]` the CRC of byte `i` followed by `k` zero bytes.
+/// Eight bytes per step instead of one: the CRC was a quarter of the parse time
+/// (benches/parse.rs).
+const TABLES: [[u16; 256]; 8] = build_tables();
 
-const fn build_table() -> [u16; 256] {
-    let mut table = [0u16; 256];
+const fn build_tables() -> [[u16; 256]; 8] {
+    let mut t = [[0u16; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut crc = i as u16;
@@ -20,10 +23,20 @@ const fn build_table() -> [u16; 256] {
             };
             bit += 1;
         }
-        table[i] = crc;
+        t[0][i] = crc;
         i += 1;
     }
-    table
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xFF) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    t
 }
 
 /// Incremental CRC-16/ARC state.
@@ -40,9 +53,22 @@ impl Crc16 {
 
     /// Feed more bytes.
     pub fn update(&mut self, data: &[u8]) {
+        let t = &TABLES;
         let mut crc = self.value;
-        for &b in data {
-            crc = (crc >> 8) ^ TABLE[usize::from((crc ^ u16::from(b)) as u8)];
+        let mut chunks = data.chunks_exact(8);
+        for c in &mut chunks {
+            let x = crc ^ u16::from_le_bytes([c[0], c[1]]);
+            crc = t[7][usize::from(x as u8)]
+                ^ t[6][usize::from(x >> 8)]
+                ^ t[5][usize::from(c[2])]
+                ^ t[4][usize::from(c[3])]
+                ^ t[3][usize::from(c[4])]
+                ^ t[2][usize::from(c[5])]
+                ^ t[1][usize::from(c[6])]
+                ^ t[0][usize::from(c[7])];
+        }
+        for &b in chunks.remainder() {
+            crc = (crc >> 8) ^ t[0][usize::from((crc ^ u16::from(b)) as u8)];
         }
         self.value = crc;
     }
@@ -94,6 +120,37 @@ mod tests {
         c.update(b"1234");
         c.update(b"56789");
         assert_eq!(c.value(), 0xBB3D);
+    }
+
+    /// Slicing-by-8 agrees with the bitwise definition at every length and split point.
+    #[test]
+    fn slicing_matches_bitwise() {
+        fn bitwise(data: &[u8]) -> u16 {
+            let mut crc = 0u16;
+            for &b in data {
+                crc ^= u16::from(b);
+                for _ in 0..8 {
+                    crc = if crc & 1 != 0 {
+                        (crc >> 1) ^ 0xA001
+                    } else {
+                        crc >> 1
+                    };
+                }
+            }
+            crc
+        }
+        let data: Vec<u8> = (0..300u32)
+            .map(|i| (i.wrapping_mul(97) ^ (i >> 3)) as u8)
+            .collect();
+        for len in 0..data.len() {
+            assert_eq!(crc16_arc(&data[..len]), bitwise(&data[..len]), "len {len}");
+        }
+        for split in 0..40 {
+            let mut c = Crc16::new();
+            c.update(&data[..split]);
+            c.update(&data[split..]);
+            assert_eq!(c.value(), bitwise(&data), "split {split}");
+        }
     }
 
     #[test]

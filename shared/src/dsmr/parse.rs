@@ -183,6 +183,8 @@ pub fn parse(bytes: &[u8], opts: ParseOptions) -> Result<Telegram, DsmrError> {
     let header_line = strip_cr(lines.next().unwrap_or(&[]));
     t.header = parse_header(header_line);
 
+    // One values buffer for all lines (was one allocation per line).
+    let mut vals: Vec<&'static [u8]> = Vec::with_capacity(16);
     let mut pending: Option<(usize, Cow<'_, [u8]>)> = None;
     for (idx, raw) in lines.enumerate() {
         let line_no = idx + 2;
@@ -202,12 +204,12 @@ pub fn parse(bytes: &[u8], opts: ParseOptions) -> Result<Telegram, DsmrError> {
             continue;
         }
         if let Some((n, l)) = pending.take() {
-            process_line(&mut t, &mut warnings, n, &l);
+            vals = process_line(&mut t, &mut warnings, n, &l, vals);
         }
         pending = Some((line_no, Cow::Borrowed(line)));
     }
     if let Some((n, l)) = pending.take() {
-        process_line(&mut t, &mut warnings, n, &l);
+        process_line(&mut t, &mut warnings, n, &l, vals);
     }
 
     if bang.is_some()
@@ -307,11 +309,32 @@ fn split_line<'a>(line: &'a [u8], values: &mut Vec<&'a [u8]>) -> Result<&'a [u8]
     }
 }
 
-fn process_line(t: &mut Telegram, warnings: &mut Vec<LineError>, line_no: usize, line: &[u8]) {
-    let mut vals: Vec<&[u8]> = Vec::with_capacity(8);
-    let res = split_line(line, &mut vals).and_then(|code| {
+/// Parses one (joined) line. `buf` is an empty vector whose allocation is reused for the
+/// line's values and handed back empty (the in-place `collect` keeps the allocation).
+fn process_line(
+    t: &mut Telegram,
+    warnings: &mut Vec<LineError>,
+    line_no: usize,
+    line: &[u8],
+    mut buf: Vec<&'static [u8]>,
+) -> Vec<&'static [u8]> {
+    buf.clear();
+    let mut vals: Vec<&[u8]> = buf.into_iter().collect();
+    process_values(t, warnings, line_no, line, &mut vals);
+    vals.clear();
+    vals.into_iter().map(|_| -> &'static [u8] { &[] }).collect()
+}
+
+fn process_values<'a>(
+    t: &mut Telegram,
+    warnings: &mut Vec<LineError>,
+    line_no: usize,
+    line: &'a [u8],
+    vals: &mut Vec<&'a [u8]>,
+) {
+    let res = split_line(line, vals).and_then(|code| {
         let known = match Obis::parse(code) {
-            Some(obis) if matches!(obis.f, None | Some(255)) => apply(t, obis, &vals)?,
+            Some(obis) if matches!(obis.f, None | Some(255)) => apply(t, obis, vals)?,
             Some(_) => false,
             None => return Err(format!("not an OBIS code: {:?}", lossy(code))),
         };
@@ -360,18 +383,42 @@ fn number(v: &[u8]) -> R<f64> {
     if n == 0 || dots > 1 || n > 30 {
         return Err(format!("not a number: {:?}", lossy(v)));
     }
+    // Fast path (every meter value): at most 15 significant digits, so the digits as an
+    // integer and 10^k are exact doubles and one IEEE division is correctly rounded, the same
+    // result `str::parse::<f64>` gives (Clinger's fast path).
+    if n <= 15 {
+        let mut m: u64 = 0;
+        let mut k = 0usize;
+        let mut after_dot = false;
+        for &b in digits {
+            if b == b'.' {
+                after_dot = true;
+            } else {
+                m = m * 10 + u64::from(b - b'0');
+                k += usize::from(after_dot);
+            }
+        }
+        if let Some(p) = POW10.get(k) {
+            let x = m as f64 / p;
+            return Ok(if digits.len() < v.len() { -x } else { x });
+        }
+    }
     as_str(v)?
         .parse::<f64>()
         .map_err(|_| format!("not a number: {:?}", lossy(v)))
 }
 
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
 fn integer(v: &[u8]) -> R<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return Err(format!("not an integer: {:?}", lossy(v)));
     }
-    as_str(v)?
-        .parse::<u64>()
-        .map_err(|_| format!("not an integer: {:?}", lossy(v)))
+    // At most 19 decimal digits always fit a u64.
+    Ok(v.iter()
+        .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0')))
 }
 
 fn small<T: TryFrom<u64>>(v: &[u8]) -> R<T> {
@@ -775,6 +822,56 @@ fn demand_history(vals: &[&[u8]]) -> R<(Vec<MonthlyPeak>, Option<String>)> {
 
 #[cfg(test)]
 mod tests {
+    /// The number fast path gives exactly what `str::parse::<f64>` gives.
+    #[test]
+    fn number_fast_path_is_exact() {
+        let cases = [
+            "0",
+            "-0.000",
+            "001581.123",
+            "00.170",
+            "5.",
+            ".5",
+            "-12.5",
+            "123456789012345",
+            "12345678901234.5",
+            "0.000000000000001",
+            "99999.999",
+            "1234567890123456",
+            "00981.443",
+            "-0.001",
+            "6285.065",
+            "2147483647",
+        ];
+        for c in cases {
+            let want: f64 = c.parse().unwrap();
+            let got = super::number(c.as_bytes()).unwrap();
+            assert_eq!(got.to_bits(), want.to_bits(), "{c}");
+        }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let digits = (x % 15 + 1) as usize;
+            let m = x % 10u64.pow(digits as u32);
+            let dot = (x >> 40) as usize % (digits + 1);
+            let s = format!("{m:0digits$}");
+            let s = format!("{}.{}", &s[..digits - dot], &s[digits - dot..]);
+            let want: f64 = s.parse().unwrap();
+            assert_eq!(
+                super::number(s.as_bytes()).unwrap().to_bits(),
+                want.to_bits(),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            super::integer(b"9999999999999999999").unwrap(),
+            9_999_999_999_999_999_999
+        );
+        assert_eq!(super::integer(b"0002").unwrap(), 2);
+    }
+
     use super::*;
 
     #[test]
