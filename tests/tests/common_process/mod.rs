@@ -87,11 +87,21 @@ fn build_agent() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "pi-agent", "--bin", "pi-agent"])
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target_dir);
+    // Selecting this crate too keeps the feature set of this test build, so nothing but
+    // the binary itself has to be compiled.
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        env!("CARGO_PKG_NAME"),
+        "-p",
+        "pi-agent",
+    ])
+    .args(["--bin", "pi-agent"])
+    .arg("--manifest-path")
+    .arg(&manifest)
+    .arg("--target-dir")
+    .arg(&target_dir);
     match profile.as_str() {
         "debug" => {}
         "release" => {
@@ -115,7 +125,10 @@ fn build_agent() -> Result<PathBuf, String> {
     }
     let bin = profile_dir.join(format!("pi-agent{}", std::env::consts::EXE_SUFFIX));
     if !bin.exists() {
-        return Err(format!("pi-agent was built but {} is missing", bin.display()));
+        return Err(format!(
+            "pi-agent was built but {} is missing",
+            bin.display()
+        ));
     }
     Ok(bin)
 }
@@ -370,7 +383,10 @@ pub fn verify_chain(records: &[Vec<u8>], ch: &OpaqueId) -> Vec<RecordHeader> {
     let mut expect_prev = channel::genesis_hash(ch);
     let mut headers = Vec::new();
     for (i, (seq, r)) in by_seq.iter().enumerate() {
-        assert_eq!(*seq, i as u64, "records missing from the chain before seq {seq}");
+        assert_eq!(
+            *seq, i as u64,
+            "records missing from the chain before seq {seq}"
+        );
         let h = channel::peek(r).unwrap();
         assert_eq!(h.prev_hash, expect_prev, "hash link broken at seq {seq}");
         expect_prev = channel::record_hash(r);
@@ -495,13 +511,9 @@ impl Owner {
         let mut link = OwnerLink::connect(url, client_id).await;
         let device = device_id.public();
         let dtid = root.device_thread_id(&device);
-        let env = ThreadEnvelope::create(
-            &id,
-            &root,
-            dtid,
-            &[(Role::Device, device_id.kem.public())],
-        )
-        .unwrap();
+        let env =
+            ThreadEnvelope::create(&id, &root, dtid, &[(Role::Device, device_id.kem.public())])
+                .unwrap();
         link.publish(
             topics::inbox(&device.opaque_id(), &InboxItem::Thread(dtid)),
             env,
@@ -588,7 +600,9 @@ impl Owner {
                 &Event::ConsentGranted(Box::new(grant)),
             )
             .unwrap();
-        self.link.publish(topics::log_entry(&ctid, 1, 0), entry).await;
+        self.link
+            .publish(topics::log_entry(&ctid, 1, 0), entry)
+            .await;
         Granted {
             consent,
             thread: ctid,
@@ -694,7 +708,9 @@ impl ProviderTask {
         self.events()
             .iter()
             .filter_map(|e| match e {
-                ProviderEvent::Reading { consent: c, seq, .. } if c == consent => Some(*seq),
+                ProviderEvent::Reading {
+                    consent: c, seq, ..
+                } if c == consent => Some(*seq),
                 _ => None,
             })
             .collect()
