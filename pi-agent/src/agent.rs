@@ -210,21 +210,30 @@ impl Agent {
 
     /// Parses a telegram, derives each view's payloads, seals and stores them.
     pub fn on_telegram(&mut self, raw: &RawTelegram) -> Result<(), AgentError> {
-        self.status.meter_seen = true;
-        self.status.last_telegram_ms = Some(raw.received_at_ms);
-        self.status.telegrams += 1;
-        let telegram = match dsmr::parse(&raw.bytes, ParseOptions::default()) {
-            Ok(t) => t,
-            Err(e) => {
-                self.status.parse_errors += 1;
-                tracing::warn!(error = %e, "telegram dropped");
-                return Ok(());
-            }
-        };
+        self.on_telegrams(std::slice::from_ref(raw))
+    }
+
+    /// Like [`Self::on_telegram`] for telegrams that queued up (a replay at full speed, a
+    /// slow disk): all their records are sealed in order and stored in one transaction,
+    /// so one disk sync serves them all.
+    pub fn on_telegrams(&mut self, raws: &[RawTelegram]) -> Result<(), AgentError> {
         let mut produced = Vec::new();
-        for (key, view) in self.views.iter_mut() {
-            for p in view.push(&telegram, raw.received_at_ms) {
-                produced.push((key.clone(), p));
+        for raw in raws {
+            self.status.meter_seen = true;
+            self.status.last_telegram_ms = Some(raw.received_at_ms);
+            self.status.telegrams += 1;
+            let telegram = match dsmr::parse(&raw.bytes, ParseOptions::default()) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.status.parse_errors += 1;
+                    tracing::warn!(error = %e, "telegram dropped");
+                    continue;
+                }
+            };
+            for (key, view) in self.views.iter_mut() {
+                for p in view.push(&telegram, raw.received_at_ms) {
+                    produced.push((key.clone(), p));
+                }
             }
         }
         self.seal_and_store(produced)
@@ -840,6 +849,9 @@ pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Resul
     result
 }
 
+/// Most telegrams sealed in one transaction when they queue up.
+const TELEGRAM_BATCH: usize = 64;
+
 async fn session(
     cfg: &AgentConfig,
     url: &BrokerUrl,
@@ -849,6 +861,11 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd, AgentError> {
     let mut agent = Agent::open(cfg.clone(), hint.to_string())?;
+    // Finish what a crash interrupted before sealing anything: a revocation that was
+    // stored but not yet acted on must rotate the key before the next telegram.
+    if agent.reconcile()? == Flow::Restart {
+        return Ok(SessionEnd::Restart);
+    }
     if let Some(link) = agent.ensure_pairing_offer()? {
         crate::qr::show_pairing(&link, &cfg.qr_svg_path());
     }
@@ -862,11 +879,24 @@ async fn session(
     agent.write_status(&source.borrow());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A source that ended (a replay played once) stays ended: stop polling it, so broker
+    // events (acknowledgements draining the outbox) are handled without delay.
+    let mut source_open = true;
     loop {
         let end = tokio::select! {
-            t = rx.recv() => match t {
-                Some(t) => { agent.on_telegram(&t)?; Flow::Continue }
-                None => { tokio::time::sleep(Duration::from_millis(200)).await; Flow::Continue }
+            t = rx.recv(), if source_open => match t {
+                Some(t) => {
+                    let mut batch = vec![t];
+                    while batch.len() < TELEGRAM_BATCH {
+                        match rx.try_recv() {
+                            Ok(t) => batch.push(t),
+                            Err(_) => break,
+                        }
+                    }
+                    agent.on_telegrams(&batch)?;
+                    Flow::Continue
+                }
+                None => { source_open = false; Flow::Continue }
             },
             ev = link.events.recv() => match ev {
                 Some(ev) => agent.on_link_event(ev)?,

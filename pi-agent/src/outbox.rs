@@ -12,6 +12,8 @@ use crate::store::{Store, StoreError};
 
 /// Messages in flight at once.
 pub const WINDOW: usize = 256;
+/// Acknowledged messages removed from the outbox in one transaction under load.
+pub const REMOVE_BATCH: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct OutboxPump {
@@ -46,8 +48,13 @@ impl OutboxPump {
     }
 
     /// Removes acknowledged messages, then fills the window.
+    ///
+    /// Removal is one disk sync, so under load it waits for [`REMOVE_BATCH`] acknowledgements
+    /// (or for nothing to be in flight). A crash before the removal only means those
+    /// messages are published again, and readers drop duplicates.
     pub fn pump(&mut self, store: &Store, link: &LinkHandle) -> Result<(), StoreError> {
-        if !self.acked.is_empty() {
+        if !self.acked.is_empty() && (self.acked.len() >= REMOVE_BATCH || self.inflight.is_empty())
+        {
             store.outbox_remove(&self.acked)?;
             self.acked.clear();
         }

@@ -95,7 +95,7 @@ impl Mosquitto {
             .unwrap_or_else(|e| panic!("cannot start mosquitto: {e}"));
         self.child = Some(child);
         assert!(
-            wait_for_port(self.port, Duration::from_secs(10)),
+            wait_for_port(self.port, Duration::from_secs(30)),
             "mosquitto did not listen on port {}; log: {}",
             self.port,
             std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
@@ -114,6 +114,41 @@ impl Mosquitto {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// The broker's process id while it runs (for SIGSTOP/SIGCONT in tests).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A clean stop: SIGTERM, as systemd does; mosquitto writes its persistence file
+    /// (retained messages, sessions and their queued messages) on the way out.
+    /// Falls back to SIGKILL after 30 s.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Starts the stopped (or killed) broker again on the same port with the same
+    /// persistence directory.
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
     }
 
     pub fn log(&self) -> String {
@@ -138,6 +173,10 @@ mod tests {
         m.restart();
         assert!(TcpStream::connect(("127.0.0.1", m.port)).is_ok());
         let port = m.port;
+        m.stop();
+        assert!(m.pid().is_none());
+        m.start_again();
+        assert!(TcpStream::connect(("127.0.0.1", m.port)).is_ok());
         drop(m);
         std::thread::sleep(Duration::from_millis(100));
         assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
