@@ -30,22 +30,6 @@ fn ours(data: &[u8], opts: ParseOptions) -> usize {
     n
 }
 
-/// dsmr5's documented use: `Reader` over a byte iterator, `to_telegram` (CRC), then the
-/// typed `State` (every object parsed). Returns telegrams accepted.
-fn theirs(data: &[u8]) -> usize {
-    let mut n = 0;
-    for readout in dsmr5::Reader::new(data.iter().map(|b| Ok::<u8, ()>(*b))).flatten() {
-        let Ok(telegram) = readout.to_telegram() else {
-            continue;
-        };
-        if let Ok(state) = dsmr5::state::State::try_from(&telegram) {
-            black_box(&state);
-            n += 1;
-        }
-    }
-    n
-}
-
 struct Sets {
     all: Vec<(String, Vec<u8>)>,
     accepted: Vec<(String, Vec<u8>)>,
@@ -56,7 +40,7 @@ fn sets() -> Sets {
     let all = common::samples();
     let accepted: Vec<_> = all
         .iter()
-        .filter(|(_, b)| theirs(b) == 1)
+        .filter(|(_, b)| common::dsmr5_parse(b) == 1)
         .cloned()
         .collect();
     for (name, b) in &accepted {
@@ -94,7 +78,7 @@ fn bench(c: &mut Criterion, s: &Sets) {
         b.iter(|| {
             let mut n = 0;
             for (_, f) in &s.accepted {
-                n += theirs(black_box(f));
+                n += common::dsmr5_parse(black_box(f));
             }
             n
         })
@@ -107,7 +91,9 @@ fn bench(c: &mut Criterion, s: &Sets) {
     g.bench_function("p1consent", |b| {
         b.iter(|| ours(black_box(&s.stream), ParseOptions::default()))
     });
-    g.bench_function("dsmr5", |b| b.iter(|| theirs(black_box(&s.stream))));
+    g.bench_function("dsmr5", |b| {
+        b.iter(|| common::dsmr5_parse(black_box(&s.stream)))
+    });
     g.finish();
 
     let all_n: usize = s
@@ -131,7 +117,7 @@ fn bench(c: &mut Criterion, s: &Sets) {
 
 fn summary(s: &Sets, started: SystemTime) {
     let stream_ours = ours(&s.stream, ParseOptions::default());
-    let stream_theirs = theirs(&s.stream);
+    let stream_theirs = common::dsmr5_parse(&s.stream);
     let all_n: usize = s
         .all
         .iter()
@@ -226,7 +212,7 @@ fn main() {
             20,
             || {
                 for (_, f) in acc {
-                    black_box(theirs(f));
+                    black_box(common::dsmr5_parse(f));
                 }
             },
         );
@@ -245,7 +231,7 @@ fn main() {
             },
             1,
             || {
-                black_box(theirs(&s.stream));
+                black_box(common::dsmr5_parse(&s.stream));
             },
         );
         println!(

@@ -5,6 +5,10 @@
 //! - `--files LIST`: a text file with one telegram file path per line (default: every
 //!   `p1-samples/*.txt`); every file is framed and parsed (CRC checked) once per round.
 //! - `--stream FILE`: additionally a continuous capture, framed and parsed N rounds.
+//! - `--parser dsmr5`: run the `dsmr5` crate instead of ours (same loop), and
+//!   `--dsmr5-accepted`: keep only the files dsmr5 accepts. With a fixed `--rounds` under
+//!   `valgrind --tool=callgrind` the two give instruction counts that do not depend on the
+//!   machine's load (see docs/PERFORMANCE-protocol.md).
 //!
 //! Prints one line per set: `RESULT <set> telegrams=<n> bytes=<b> seconds=<s>` (totals
 //! over all rounds, after one untimed warm-up round), then telegrams/s.
@@ -18,21 +22,28 @@ use std::time::Instant;
 
 use p1consent_shared::dsmr::{self, ParseOptions};
 
-fn parse_all(files: &[Vec<u8>]) -> (usize, usize) {
+fn ours(data: &[u8]) -> usize {
+    let mut n = 0;
+    for frame in dsmr::frames(black_box(data)).flatten() {
+        if let Ok(t) = frame.parse(ParseOptions::default()) {
+            black_box(&t);
+            n += 1;
+        }
+    }
+    n
+}
+
+fn parse_all(files: &[Vec<u8>], parser: fn(&[u8]) -> usize) -> (usize, usize) {
     let (mut n, mut bytes) = (0, 0);
     for f in files {
         bytes += f.len();
-        for frame in dsmr::frames(black_box(f)).flatten() {
-            if let Ok(t) = frame.parse(ParseOptions::default()) {
-                black_box(&t);
-                n += 1;
-            }
-        }
+        n += parser(black_box(f));
     }
     (n, bytes)
 }
 
-fn run(set: &str, files: &[Vec<u8>], rounds: usize) {
+fn run(set: &str, files: &[Vec<u8>], rounds: usize, parser: fn(&[u8]) -> usize) {
+    let parse_all = |files: &[Vec<u8>]| parse_all(files, parser);
     parse_all(files); // warm-up
     let t0 = Instant::now();
     let (mut n, mut bytes) = (0, 0);
@@ -75,9 +86,22 @@ fn main() {
             .collect(),
         None => common::samples().into_iter().map(|(_, b)| b).collect(),
     };
-    run("files", &files, rounds);
+    let parser: fn(&[u8]) -> usize = match arg("--parser").as_deref() {
+        Some("dsmr5") => common::dsmr5_parse,
+        Some("ours") | None => ours,
+        Some(other) => panic!("--parser {other}: expected ours or dsmr5"),
+    };
+    let files: Vec<Vec<u8>> = if args.iter().any(|a| a == "--dsmr5-accepted") {
+        files
+            .into_iter()
+            .filter(|f| common::dsmr5_parse(f) == 1)
+            .collect()
+    } else {
+        files
+    };
+    run("files", &files, rounds, parser);
     if let Some(stream) = arg("--stream") {
         let data = std::fs::read(&stream).unwrap_or_else(|e| panic!("read {stream}: {e}"));
-        run("stream", &[data], rounds);
+        run("stream", &[data], rounds, parser);
     }
 }

@@ -12,7 +12,8 @@
 //! The floor is sign + AEAD + hash of the same sizes; after the run the ratio
 //! floor / pipeline is printed (target >= 80 %).
 //!
-//! Run: `cargo bench -p p1consent-shared --bench seal`
+//! Run: `cargo bench -p p1consent-shared --bench seal`; instruction counts of one side:
+//! `valgrind --tool=callgrind <bench binary> --count full|floor --iters N`.
 
 mod common;
 
@@ -187,17 +188,15 @@ fn summary(inp: &Input, started: SystemTime) {
     }
 }
 
-/// The same ratio measured load-robustly: blocks of pipeline calls alternate with blocks of
-/// floor calls (sign + AEAD + hash), 40 rounds, median of the per-round ratios.
-fn interleaved(inp: &Input) {
-    let device = SigningIdentity::from_seed(&[7; 32]);
+/// Sign + AEAD + hash of the record's sizes with the crates directly: the crypto floor.
+fn floor_op(inp: &Input) -> impl FnMut() + '_ {
     let sk = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let cipher = XChaCha20Poly1305::new(&[9u8; 32].into());
     let nonce = XNonce::from([3u8; 24]);
     let aad = [0u8; RECORD_HEADER_LEN];
     let signed = vec![0x5au8; inp.record_len - 64];
     let record = vec![0xa5u8; inp.record_len];
-    let floor = || {
+    move || {
         black_box(sk.sign(black_box(&signed)).to_bytes());
         black_box(
             cipher
@@ -211,10 +210,15 @@ fn interleaved(inp: &Input) {
                 .expect("encrypt"),
         );
         black_box(blake3::hash(black_box(&record)));
-    };
+    }
+}
+
+/// One telegram through the whole pipeline: parse + view payload + seal.
+fn full_op(inp: &Input) -> impl FnMut() + '_ {
+    let device = SigningIdentity::from_seed(&[7; 32]);
     let mut w = ChannelWriter::new(OpaqueId([4; 16]));
     let mut i = 0usize;
-    let full = || {
+    move || {
         let raw = &inp.telegrams[i % inp.telegrams.len()];
         i += 1;
         let t = dsmr::parse(black_box(raw), ParseOptions::default()).expect("valid");
@@ -222,7 +226,15 @@ fn interleaved(inp: &Input) {
             .to_bytes()
             .expect("payload");
         black_box(w.seal(&device, 1_700_000_000_000, &payload).expect("seal"));
-    };
+    }
+}
+
+/// The same ratio measured load-robustly: blocks of pipeline calls alternate with blocks of
+/// floor calls (sign + AEAD + hash), 40 rounds, median of the per-round ratios.
+fn interleaved(inp: &Input) {
+    let device = SigningIdentity::from_seed(&[7; 32]);
+    let floor = floor_op(inp);
+    let full = full_op(inp);
     let (p, f, r) = common::interleaved(40, 200, full, 200, floor);
     println!(
         "interleaved (40 rounds x 200 calls each): full {} / floor {}: floor / full = {:.1} %  (target >= 80 %: {})",
@@ -238,7 +250,7 @@ fn interleaved(inp: &Input) {
                 .expect("seal"),
         );
     };
-    let (p, f, r) = common::interleaved(40, 200, seal_only, 200, floor);
+    let (p, f, r) = common::interleaved(40, 200, seal_only, 200, floor_op(inp));
     println!(
         "interleaved (40 rounds x 200 calls each): seal_only {} / floor {}: floor / seal_only = {:.1} %",
         common::fmt_ns(p),
@@ -247,9 +259,37 @@ fn interleaved(inp: &Input) {
     );
 }
 
+/// `--count full|floor --iters N`: run one side N times and nothing else, for
+/// `valgrind --tool=callgrind` (instruction counts do not depend on the machine's load).
+fn count_mode(inp: &Input, args: &[String]) -> bool {
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    let Some(which) = arg("--count") else {
+        return false;
+    };
+    let iters: usize = arg("--iters").and_then(|n| n.parse().ok()).unwrap_or(1000);
+    let mut op: Box<dyn FnMut() + '_> = match which.as_str() {
+        "full" => Box::new(full_op(inp)),
+        "floor" => Box::new(floor_op(inp)),
+        other => panic!("--count {other}: expected full or floor"),
+    };
+    for _ in 0..iters {
+        op();
+    }
+    println!("ran {which} {iters} times");
+    true
+}
+
 fn main() {
     let started = SystemTime::now();
     let inp = input();
+    let args: Vec<String> = std::env::args().collect();
+    if count_mode(&inp, &args) {
+        return;
+    }
     let mut c = common::criterion(3);
     bench(&mut c, &inp);
     c.final_summary();

@@ -170,6 +170,22 @@ fn data_key(epoch_key: &SymmetricKey, channel_id: &OpaqueId, epoch: u32) -> Symm
     epoch_key.derive(LABEL_DATA, &ctx)
 }
 
+/// The data key of `epoch`, derived once per epoch instead of once per record (HKDF was
+/// ~7 % of the seal pipeline). The cache is keyed by epoch, and an epoch's key never changes.
+fn cached_data_key<'a>(
+    cache: &'a mut Option<(u32, SymmetricKey)>,
+    epoch_key: &SymmetricKey,
+    channel_id: &OpaqueId,
+    epoch: u32,
+) -> &'a SymmetricKey {
+    if cache.as_ref().is_some_and(|(e, _)| *e != epoch) {
+        *cache = None;
+    }
+    &cache
+        .get_or_insert_with(|| (epoch, data_key(epoch_key, channel_id, epoch)))
+        .1
+}
+
 fn slot_context(channel_id: &OpaqueId, epoch: u32, hint: &[u8; HINT_LEN]) -> [u8; 36] {
     let mut ctx = [0u8; 36];
     ctx[..16].copy_from_slice(&channel_id.0);
@@ -531,6 +547,7 @@ impl ChannelWriterState {
 #[derive(Debug)]
 pub struct ChannelWriter {
     st: ChannelWriterState,
+    data_key: Option<(u32, SymmetricKey)>,
 }
 
 impl ChannelWriter {
@@ -550,11 +567,15 @@ impl ChannelWriter {
                 epoch_key,
                 prev_hash: genesis_hash(&channel_id),
             },
+            data_key: None,
         }
     }
 
     pub fn from_state(state: ChannelWriterState) -> Self {
-        Self { st: state }
+        Self {
+            st: state,
+            data_key: None,
+        }
     }
     pub fn state(&self) -> &ChannelWriterState {
         &self.st
@@ -613,6 +634,12 @@ impl ChannelWriter {
             });
         }
         let seq = self.check_seq()?;
+        let key = cached_data_key(
+            &mut self.data_key,
+            &self.st.epoch_key,
+            &self.st.channel_id,
+            self.st.epoch,
+        );
         let st = &self.st;
         let w = encode_record_header(
             RecordKind::Data,
@@ -623,8 +650,7 @@ impl ChannelWriter {
             timestamp_ms,
             NONCE_LEN + plaintext.len() + TAG_LEN,
         );
-        let key = data_key(&st.epoch_key, &st.channel_id, st.epoch);
-        let ct = crypto::seal_with_nonce(&key, nonce, w.as_slice(), plaintext);
+        let ct = crypto::seal_with_nonce(key, nonce, w.as_slice(), plaintext);
         let mut rec = w.into_bytes();
         rec.reserve(NONCE_LEN + ct.len() + SIGNATURE_LEN);
         rec.extend_from_slice(nonce);
@@ -894,6 +920,7 @@ pub struct ChannelReader {
     epoch: u32,
     /// `None` once a rotation left this reader out (terminal).
     epoch_key: Option<SymmetricKey>,
+    data_key: Option<(u32, SymmetricKey)>,
     next_seq: u64,
     prev_hash: [u8; HASH_LEN],
     recent: VecDeque<(u64, [u8; HASH_LEN])>,
@@ -950,6 +977,7 @@ impl ChannelReader {
             reader_secret,
             epoch: h.epoch,
             epoch_key: Some(SymmetricKey::from_bytes(*key)),
+            data_key: None,
             next_seq: h.next_seq,
             prev_hash: h.prev_hash,
             recent,
@@ -1031,8 +1059,8 @@ impl ChannelReader {
                 if h.epoch != self.epoch {
                     return Err(OpenError::UnknownEpoch { epoch: h.epoch });
                 }
-                let key = data_key(epoch_key, &self.channel_id, h.epoch);
-                let plaintext = crypto::open(&key, &nonce, p.header_bytes, ciphertext)
+                let key = cached_data_key(&mut self.data_key, epoch_key, &self.channel_id, h.epoch);
+                let plaintext = crypto::open(key, &nonce, p.header_bytes, ciphertext)
                     .map_err(|_| OpenError::Tampered)?;
                 self.accept(h.seq, hash);
                 Ok(Opened::Data {
@@ -1052,6 +1080,7 @@ impl ChannelReader {
                     self.accept(h.seq, hash);
                     self.epoch = h.epoch;
                     self.epoch_key = None;
+                    self.data_key = None;
                     return Err(OpenError::NotAuthorised);
                 };
                 let slot = slots.get(i).ok_or(OpenError::Tampered)?;
@@ -1161,6 +1190,7 @@ impl ChannelReader {
             reader_secret,
             epoch,
             epoch_key,
+            data_key: None,
             next_seq,
             prev_hash,
             recent,
