@@ -1188,8 +1188,8 @@ pub enum View {
     },
     /// Every other resolution: an [`Aggregate`] per window.
     Aggregated {
-        /// Window state.
-        aggregator: Aggregator,
+        /// Window state (boxed: far larger than a raw view; serialised the same).
+        aggregator: Box<Aggregator>,
     },
 }
 
@@ -1199,7 +1199,7 @@ impl View {
             View::Raw { spec }
         } else {
             View::Aggregated {
-                aggregator: Aggregator::new(spec),
+                aggregator: Box::new(Aggregator::new(spec)),
             }
         }
     }
