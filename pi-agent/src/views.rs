@@ -48,14 +48,20 @@ impl ViewChannel {
 
     /// Payloads this telegram completes (one per telegram for raw views; one per finished
     /// interval for aggregated views). Nothing while nobody may read the view.
-    pub fn push(&mut self, telegram: &Telegram, at_ms: u64) -> Vec<ViewPayload> {
+    /// `received_at_ms` is the agent's receive time: raw readings carry it; aggregated views
+    /// window on the telegram's own timestamp and use it only for a telegram without one.
+    pub fn push(&mut self, telegram: &Telegram, received_at_ms: u64) -> Vec<ViewPayload> {
         if self.readers.is_empty() {
             return Vec::new();
         }
-        self.engine.push(telegram, at_ms).into_iter().collect()
+        self.engine
+            .push(telegram, received_at_ms)
+            .into_iter()
+            .collect()
     }
 
-    /// Closes an interval whose end has passed even if the meter went silent.
+    /// Closes an interval of a silent meter once a telegram of the next one is overdue
+    /// (`now_ms`: agent clock).
     pub fn flush(&mut self, now_ms: u64) -> Vec<ViewPayload> {
         if self.readers.is_empty() {
             return Vec::new();
@@ -378,6 +384,36 @@ mod tests {
         let b = aggregates(v.flush(end + FLUSH_GRACE_MS));
         assert_eq!((b[0].start_ms, b[0].samples), (t0 + 60_000, 1));
         assert_eq!(b[0].power_delivered_kw.map(|s| s.max), Some(4.0));
+    }
+
+    #[test]
+    fn a_late_telegram_does_not_reopen_a_closed_window() {
+        // The meter clock steps back a second right after a window boundary.
+        let mut v = channel(&[Field::PowerDelivered], Resolution::QuarterHour);
+        let seq = [
+            ("190324151459W", 1.0),
+            ("190324151500W", 2.0),
+            ("190324151459W", 7.0),
+            ("190324151501W", 4.0),
+        ];
+        let mut out = Vec::new();
+        for (i, (t, kw)) in seq.into_iter().enumerate() {
+            let tg = telegram(Some(t), kw, 1.0, 1.0, None);
+            out.extend(v.push(&tg, REPLAYED_AT + i as u64));
+        }
+        let a = aggregates(out);
+        assert_eq!(a.len(), 1, "14:00Z is published once: {a:?}");
+        assert_eq!((a[0].start_ms, a[0].samples), (T_1400Z, 1));
+        let b = aggregates(v.flush(u64::MAX));
+        assert_eq!((b[0].start_ms, b[0].samples), (T_1400Z + QH, 2));
+        assert_eq!(
+            b[0].power_delivered_kw,
+            Some(Stat {
+                mean: 3.0,
+                min: 2.0,
+                max: 4.0
+            })
+        );
     }
 
     #[test]

@@ -1000,15 +1000,17 @@ impl Aggregator {
     /// Adds a telegram the agent received at `received_at_ms` (its clock, Unix ms). The telegram
     /// counts at its own time ([`telegram_time_ms`], else `received_at_ms`). Returns the open
     /// window's aggregate when the telegram belongs to another window (a later one, or an
-    /// earlier one if the meter clock went back); windows without samples produce nothing. A
-    /// telegram of the window closed last (late after a [`flush`](Self::flush)) is dropped.
+    /// earlier one if the meter clock went back further); windows without samples produce
+    /// nothing. A telegram of the window closed last (late) is dropped.
     pub fn push(&mut self, telegram: &Telegram, received_at_ms: u64) -> Option<ViewPayload> {
         let at_ms = telegram_time_ms(telegram).unwrap_or(received_at_ms);
         let start = self.align(at_ms);
         let mut done = None;
         match &self.window {
             Some(w) if w.start_ms == start => {}
-            None if self.closed_start_ms == Some(start) => return None,
+            // Late for the window closed last (by a flush, or by a telegram of the next window):
+            // publishing it again would give two partial aggregates of one interval.
+            _ if self.closed_start_ms == Some(start) => return None,
             _ => {
                 done = self.close();
                 self.open(start);
