@@ -784,17 +784,12 @@ impl Provider {
                     _ => ProviderEvent::Expired { consent: cid },
                 });
             }
-            // An erasure request after expiry still counts.
-            (ConsentPhase::Expired, ConsentPhase::Revoked { erase_requested }) => {
-                c.phase = phase;
-                self.dirty = true;
-                self.queue.push_back(ProviderEvent::Revoked {
-                    consent: cid,
-                    erase_requested,
-                });
-            }
-            // The log's reason for an end the device already enforced.
-            (ConsentPhase::Ended, ConsentPhase::Revoked { erase_requested }) => {
+            // An erasure request after expiry still counts; and the log (or the clock) gives
+            // the reason for an end the device already enforced.
+            (
+                ConsentPhase::Expired | ConsentPhase::Ended,
+                ConsentPhase::Revoked { erase_requested },
+            ) => {
                 c.phase = phase;
                 self.dirty = true;
                 self.queue.push_back(ProviderEvent::Revoked {
