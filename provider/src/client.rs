@@ -75,6 +75,11 @@ pub enum ConsentPhase {
     Expired,
     /// Revoked with erasure: data and keys deleted, `ErasureConfirmed` published.
     Erased,
+    /// The device cut this provider off (a key rotation left it out) while the consent's own
+    /// log names no end: the owner unpaired the device (that entry is in the device's thread,
+    /// which providers do not follow), or the end is still on its way. A revocation or expiry
+    /// that arrives later replaces it.
+    Ended,
 }
 
 impl ConsentPhase {
@@ -128,6 +133,11 @@ pub enum ProviderEvent {
     /// Data and keys of the consent were deleted and `ErasureConfirmed` was published.
     Erased { consent: OpaqueId },
     /// Records were lost between `expected` and `got` (the stream continues after them).
+    ///
+    /// Not reported for the records before the first one received after a key delivery:
+    /// channel records are not retained, so those sealed before this provider's channel
+    /// subscription reached the broker are never delivered to it; its stream starts at the
+    /// first record it receives (at or after the delivery's sequence number).
     Gap {
         consent: OpaqueId,
         expected: u64,
@@ -188,6 +198,9 @@ pub struct ConsentInfo {
     /// `ChannelReader` state (hex; secret, the file is encrypted).
     reader: Option<String>,
     delivery_ts: u64,
+    /// A key was delivered and no record opened since: the next one starts the stream.
+    #[serde(default)]
+    awaiting_first_record: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -697,6 +710,7 @@ impl Provider {
                         erasure_entry: None,
                         reader: None,
                         delivery_ts: 0,
+                        awaiting_first_record: false,
                     });
                     self.dirty = true;
                     self.queue.push_back(ProviderEvent::Granted {
@@ -770,14 +784,24 @@ impl Provider {
                     _ => ProviderEvent::Expired { consent: cid },
                 });
             }
-            // An erasure request after expiry still counts.
-            (ConsentPhase::Expired, ConsentPhase::Revoked { erase_requested }) => {
+            // An erasure request after expiry still counts; and the log (or the clock) gives
+            // the reason for an end the device already enforced.
+            (
+                ConsentPhase::Expired | ConsentPhase::Ended,
+                ConsentPhase::Revoked { erase_requested },
+            ) => {
                 c.phase = phase;
                 self.dirty = true;
                 self.queue.push_back(ProviderEvent::Revoked {
                     consent: cid,
                     erase_requested,
                 });
+            }
+            (ConsentPhase::Ended, ConsentPhase::Expired) => {
+                c.phase = phase;
+                self.dirty = true;
+                self.queue
+                    .push_back(ProviderEvent::Expired { consent: cid });
             }
             _ => {}
         }
@@ -861,7 +885,10 @@ impl Provider {
         let ended: Vec<OpaqueId> = self
             .consents
             .iter()
-            .filter(|(_, c)| c.phase.is_active() && c.expires_at <= now)
+            // An end the device enforced first is an expiry once the time says so.
+            .filter(|(_, c)| {
+                matches!(c.phase, ConsentPhase::Active | ConsentPhase::Ended) && c.expires_at <= now
+            })
             .map(|(id, _)| *id)
             .collect();
         for cid in ended {
@@ -904,6 +931,7 @@ impl Provider {
         if let Some(c) = self.consents.get_mut(&cid) {
             c.delivery_ts = header.timestamp_ms;
             c.channel = Some(channel.to_hex());
+            c.awaiting_first_record = true;
         }
         self.readers.insert(cid, reader);
         self.dirty = true;
@@ -931,14 +959,27 @@ impl Provider {
         let Some(reader) = self.readers.get_mut(&cid) else {
             return;
         };
+        let starting = self
+            .consents
+            .get(&cid)
+            .is_some_and(|c| c.awaiting_first_record);
         let mut result = reader.open(payload);
         if let Err(OpenError::Gap { expected, got }) = result {
-            self.queue.push_back(ProviderEvent::Gap {
-                consent: cid,
-                expected,
-                got,
-            });
+            // What was sealed before our subscription took effect is not a loss in the stream.
+            if !starting {
+                self.queue.push_back(ProviderEvent::Gap {
+                    consent: cid,
+                    expected,
+                    got,
+                });
+            }
             result = reader.open_accepting_gap(payload);
+        }
+        if starting
+            && result.is_ok()
+            && let Some(c) = self.consents.get_mut(&cid)
+        {
+            c.awaiting_first_record = false;
         }
         match result {
             Ok(Opened::Data {
@@ -964,6 +1005,16 @@ impl Provider {
                 self.dirty = true;
                 self.queue
                     .push_back(ProviderEvent::AccessEnded { consent: cid });
+                // The key is useless from here on: drop it, and the consent is no longer active
+                // even if its log never says why (an unpaired device).
+                self.readers.remove(&cid);
+                if let Some(c) = self.consents.get_mut(&cid) {
+                    c.reader = None;
+                    if c.phase.is_active() {
+                        c.phase = ConsentPhase::Ended;
+                    }
+                }
+                self.check_expiry();
             }
             Err(OpenError::Duplicate { seq }) => {
                 if !is_epoch {

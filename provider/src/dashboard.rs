@@ -70,7 +70,8 @@ pub struct Snapshot {
     pub provider: String,
     pub broker: String,
     pub connected: bool,
-    /// `waiting` (no consent yet), `granted` (no data yet), `receiving`, `revoked`, `expired`.
+    /// `waiting` (no consent yet), `granted` (no data yet), `receiving`, `revoked`, `expired`,
+    /// `ended` (cut off by the device without an end in the consent's log).
     pub state: &'static str,
     /// The state in words.
     pub state_text: String,
@@ -323,6 +324,12 @@ impl Dashboard {
                 ConsentPhase::Expired => (
                     "expired",
                     "The consent expired: no new data can be read.".to_string(),
+                ),
+                ConsentPhase::Ended => (
+                    "ended",
+                    "The meter no longer gives this provider access (e.g. the owner unpaired \
+                     it): no new data can be read."
+                        .to_string(),
                 ),
             },
         };

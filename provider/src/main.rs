@@ -292,6 +292,7 @@ fn run(cli: Cli) -> Result<ExitCode, AnyError> {
                     }
                     ConsentPhase::Expired => "expired".into(),
                     ConsentPhase::Erased => "erased (confirmed to the owner)".into(),
+                    ConsentPhase::Ended => "ended (the device cut this provider off)".into(),
                 };
                 println!(
                     "consent {}: {phase}; device {}; fields {}; resolution {}; expires at {}; \
@@ -428,14 +429,18 @@ async fn listen(
     format: Format,
     out: Option<PathBuf>,
 ) -> Result<ExitCode, AnyError> {
-    let mut sink: Box<dyn Write> = match &out {
-        Some(p) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)?,
-        ),
-        None => Box::new(std::io::stdout()),
+    let mut sink = ReadingSink {
+        out: match &out {
+            Some(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+            None => Box::new(std::io::stdout()),
+        },
+        format,
+        csv_header: None,
     };
     let mut provider = Provider::connect(keys, broker, dir)?;
     eprintln!(
@@ -443,7 +448,6 @@ async fn listen(
         provider.public().opaque_id(),
         provider.consents().len()
     );
-    let mut csv_header: Option<Vec<String>> = None;
     let mut ended: Option<u8> = None;
     loop {
         let ev = tokio::select! {
@@ -451,107 +455,22 @@ async fn listen(
             _ = tokio::signal::ctrl_c() => {
                 // Keep what the broker already handed over (it will not send it again).
                 for ev in provider.close()? {
-                    if let ProviderEvent::Reading { consent, seq, timestamp_ms, payload } = &ev {
-                        let line = ReadingLine {
-                            consent: consent.to_hex(),
-                            seq: *seq,
-                            timestamp_ms: *timestamp_ms,
-                            payload,
-                        };
-                        let value = serde_json::to_value(&line)?;
-                        match format {
-                            Format::Json => writeln!(sink, "{value}")?,
-                            Format::Csv => write_csv(&mut sink, &mut csv_header, &value)?,
-                        }
-                    }
+                    sink.write(&ev)?;
                 }
-                sink.flush()?;
                 eprintln!("stopped");
                 return Ok(ExitCode::SUCCESS);
             }
         };
+        sink.write(&ev)?;
+        if let Some(line) = dashboard::describe(&ev) {
+            eprintln!("{line}");
+        }
         match &ev {
-            ProviderEvent::Reading {
-                consent,
-                seq,
-                timestamp_ms,
-                payload,
-            } => {
-                let line = ReadingLine {
-                    consent: consent.to_hex(),
-                    seq: *seq,
-                    timestamp_ms: *timestamp_ms,
-                    payload,
-                };
-                let value = serde_json::to_value(&line)?;
-                match format {
-                    Format::Json => writeln!(sink, "{value}")?,
-                    Format::Csv => write_csv(&mut sink, &mut csv_header, &value)?,
-                }
-                sink.flush()?;
-            }
-            ProviderEvent::Connected => eprintln!("connected"),
-            ProviderEvent::Disconnected { reason } => {
-                eprintln!("disconnected ({reason}); reconnecting")
-            }
-            ProviderEvent::Granted {
-                consent,
-                fields,
-                resolution,
-                expires_at,
-                ..
-            } => eprintln!(
-                "GRANTED consent {consent}: {} at {} until {expires_at}",
-                fields
-                    .iter()
-                    .map(|f| f.name())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                resolution.name()
-            ),
-            ProviderEvent::KeyReceived {
-                consent,
-                channel,
-                epoch,
-            } => eprintln!("KEY consent {consent}: channel {channel}, epoch {epoch}"),
-            ProviderEvent::Rotated { consent, epoch } => {
-                eprintln!("ROTATED consent {consent}: key rotated, now epoch {epoch}")
-            }
-            ProviderEvent::AccessEnded { consent } => {
-                eprintln!("ACCESS ENDED consent {consent}: a key rotation left this provider out")
-            }
-            ProviderEvent::Revoked {
-                consent,
-                erase_requested,
-            } => {
-                eprintln!(
-                    "REVOKED consent {consent} by the owner{}",
-                    if *erase_requested {
-                        "; erasure requested"
-                    } else {
-                        ""
-                    }
-                );
-                ended = Some(EXIT_REVOKED);
-            }
-            ProviderEvent::Expired { consent } => {
-                eprintln!("EXPIRED consent {consent}");
+            ProviderEvent::Revoked { .. } => ended = Some(EXIT_REVOKED),
+            ProviderEvent::Expired { .. } => {
                 ended.get_or_insert(EXIT_EXPIRED);
             }
-            ProviderEvent::Erased { consent } => {
-                eprintln!("ERASED consent {consent}: data and keys deleted; confirmation sent")
-            }
-            ProviderEvent::Gap {
-                consent,
-                expected,
-                got,
-            } => eprintln!("GAP consent {consent}: records {expected}..{got} missing"),
-            ProviderEvent::Duplicate { consent, seq } => {
-                eprintln!("duplicate record {seq} of consent {consent} dropped")
-            }
-            ProviderEvent::Rejected { topic, reason, .. } => {
-                eprintln!("REJECTED message on {topic}: {reason}")
-            }
+            _ => {}
         }
         if let Some(code) = ended
             && !provider.has_active()
@@ -563,8 +482,10 @@ async fn listen(
                     .await
                     .map(Result::ok)
             {
-                if let ProviderEvent::Erased { consent } = ev {
-                    eprintln!("ERASED consent {consent}: data and keys deleted; confirmation sent");
+                if let ProviderEvent::Erased { .. } = ev
+                    && let Some(line) = dashboard::describe(&ev)
+                {
+                    eprintln!("{line}");
                 }
             }
             if let Err(e) = flushed {
@@ -583,6 +504,42 @@ async fn listen(
     }
 }
 
+/// Where `listen` writes readings: JSON lines, or CSV rows under a header taken from the first
+/// reading's keys.
+struct ReadingSink {
+    out: Box<dyn Write>,
+    format: Format,
+    csv_header: Option<Vec<String>>,
+}
+
+impl ReadingSink {
+    /// Writes the event if it is a reading (other events are not data).
+    fn write(&mut self, ev: &ProviderEvent) -> Result<(), AnyError> {
+        let ProviderEvent::Reading {
+            consent,
+            seq,
+            timestamp_ms,
+            payload,
+        } = ev
+        else {
+            return Ok(());
+        };
+        let line = ReadingLine {
+            consent: consent.to_hex(),
+            seq: *seq,
+            timestamp_ms: *timestamp_ms,
+            payload,
+        };
+        let value = serde_json::to_value(&line)?;
+        match self.format {
+            Format::Json => writeln!(self.out, "{value}")?,
+            Format::Csv => write_csv(&mut self.out, &mut self.csv_header, &value)?,
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
 fn write_csv(
     sink: &mut dyn Write,
     header: &mut Option<Vec<String>>,
@@ -590,6 +547,7 @@ fn write_csv(
 ) -> std::io::Result<()> {
     // Columns: consent, seq, timestamp_ms, then the payload's keys (first reading decides).
     let payload = value.get("payload").and_then(|p| p.as_object());
+    let first = header.is_none();
     let cols = header.get_or_insert_with(|| {
         let mut c: Vec<String> = vec!["consent".into(), "seq".into(), "timestamp_ms".into()];
         if let Some(p) = payload {
@@ -597,8 +555,7 @@ fn write_csv(
         }
         c
     });
-    static WROTE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !WROTE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    if first {
         writeln!(sink, "{}", cols.join(","))?;
     }
     let cell = |v: Option<&serde_json::Value>| -> String {
@@ -718,5 +675,33 @@ async fn run_dashboard(
                 return Ok(ExitCode::SUCCESS);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_has_one_header_from_the_first_reading() {
+        let mut out = Vec::new();
+        let mut header = None;
+        let row = |seq: u64, kw: f64| {
+            serde_json::json!({
+                "consent": "c1",
+                "seq": seq,
+                "timestamp_ms": 5,
+                "payload": {"type": "reading", "v": 1, "time_ms": 7, "power_delivered_kw": kw},
+            })
+        };
+        write_csv(&mut out, &mut header, &row(1, 0.5)).unwrap();
+        write_csv(&mut out, &mut header, &row(2, 1.25)).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "consent,seq,timestamp_ms,power_delivered_kw,time_ms,type,v\n\
+             c1,1,5,0.5,7,reading,1\n\
+             c1,2,5,1.25,7,reading,1\n"
+        );
+        assert_eq!(csv_quote("a,\"b\""), "\"a,\"\"b\"\"\"");
     }
 }

@@ -117,9 +117,15 @@ impl OwnerLink {
     }
 
     async fn publish(&mut self, topic: String, payload: Vec<u8>) {
+        self.publish_as(topic, payload, true).await
+    }
+
+    async fn publish_as(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
         self.token += 1;
         let t = self.token;
-        self.handle.publish(t, topic, payload, true, None).unwrap();
+        self.handle
+            .publish(t, topic, payload, retain, None)
+            .unwrap();
         self.wait(|e| *e == LinkEvent::Acked(t)).await;
     }
 }
@@ -392,15 +398,17 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
         "the restart must continue right after the last reading: {after:?}"
     );
     assert!(after.windows(2).all(|w| w[1] == w[0] + 1), "{after:?}");
-    // Records sealed between the key delivery and the provider's subscription to the
-    // channel are not retained: a Gap at the very start is reported honestly. After the
-    // restart there must be neither gaps nor duplicates.
+    // The stream starts at the first record after the key delivery (nothing sealed before
+    // the channel subscription is a loss), and the restart continues it: no Gap anywhere.
     assert!(
-        !log[restart_at..].iter().any(|e| matches!(
-            e,
-            ProviderEvent::Duplicate { .. } | ProviderEvent::Gap { .. }
-        )),
-        "no duplicates or gaps expected after the restart: {:#?}",
+        !log.iter().any(|e| matches!(e, ProviderEvent::Gap { .. })),
+        "no gaps expected: {log:#?}"
+    );
+    assert!(
+        !log[restart_at..]
+            .iter()
+            .any(|e| matches!(e, ProviderEvent::Duplicate { .. })),
+        "no duplicates expected after the restart: {:#?}",
         &log[restart_at..]
     );
     assert!(
@@ -879,4 +887,173 @@ async fn cli_listen_prints_readings_and_exits_on_expiry() {
         assert!(l["payload"].get("energy_delivered_total_kwh").is_none());
         assert!(l["timestamp_ms"].as_u64().unwrap() <= expires_at * 1000 + 1000);
     }
+}
+
+/// The stream of a consent starts at the first record the provider receives after its key
+/// delivery: records the device sealed before the provider's channel subscription took effect
+/// (never delivered: channel records are not retained) are no Gap. A record lost after that is.
+/// The device here is hand-made (shared's `ChannelWriter`), so the test decides what is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gap_is_reported_inside_the_stream_not_before_it() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let provider_dir = tempfile::tempdir().unwrap();
+    let owner = SigningIdentity::generate();
+    let root = OwnerRoot::from_identity(&owner);
+    let device = SigningIdentity::generate();
+    let device_kem = p1consent_shared::crypto::KemSecretKey::generate(KemSuite::DEFAULT);
+    let mut ol = OwnerLink::connect(&url).await;
+
+    let keys = ProviderKeys::generate(KemSuite::DEFAULT);
+    let fields = FieldSet::empty().with(Field::PowerDelivered);
+    let link = RequestBuilder::new("Acme Energy", "dpo@acme.example")
+        .purpose("Live power")
+        .fields(fields)
+        .resolution(Resolution::Raw)
+        .retention_days(7)
+        .valid_for(3600)
+        .build(&keys)
+        .unwrap()
+        .to_link();
+    let request = SignedRequest::from_link(&link, now_ms() / 1000)
+        .unwrap()
+        .into_signed();
+    let consent = request.consent_id();
+    let mut provider =
+        Provider::connect_with(keys.duplicate(), &url, provider_dir.path(), options()).unwrap();
+    let mut log = Vec::new();
+    wait_event(&mut provider, &mut log, "connected", |e| {
+        matches!(e, ProviderEvent::Connected)
+    })
+    .await;
+
+    let ctid = root.consent_thread_id(&device.public(), &keys.public());
+    let cenv = ThreadEnvelope::create(
+        &owner,
+        &root,
+        ctid,
+        &[
+            (Role::Device, device_kem.public()),
+            (Role::Provider, keys.kem_public()),
+        ],
+    )
+    .unwrap();
+    ol.publish(
+        topics::inbox(&keys.public().opaque_id(), &InboxItem::Thread(ctid)),
+        cenv,
+    )
+    .await;
+    let grant = Grant::new(
+        &request,
+        device.public(),
+        fields,
+        Resolution::Raw,
+        now_ms() / 1000 + 1800,
+    )
+    .unwrap();
+    let granted = LogWriter::new(ctid, Role::Owner)
+        .append(
+            &owner,
+            &root.thread_key(&ctid),
+            now_ms(),
+            &Event::ConsentGranted(Box::new(grant)),
+        )
+        .unwrap();
+    ol.publish(topics::log_entry(&ctid, 1, 0), granted).await;
+    wait_event(&mut provider, &mut log, "grant", |e| {
+        matches!(e, ProviderEvent::Granted { .. })
+    })
+    .await;
+
+    // The device delivers the key and seals two records before the provider has subscribed
+    // (it subscribes when it handles the delivery, in next_event).
+    let ch = OpaqueId::random();
+    let mut w = channel::ChannelWriter::new(ch);
+    let (delivery, _) = w
+        .deliver(&device, now_ms(), consent, keys.kem_public())
+        .unwrap();
+    ol.publish(
+        topics::inbox(&keys.public().opaque_id(), &InboxItem::Key(consent)),
+        delivery,
+    )
+    .await;
+    let payload = |kw: f64| {
+        let t = p1consent_shared::dsmr::Telegram {
+            power_delivered_kw: Some(kw),
+            ..Default::default()
+        };
+        p1consent_shared::view::project(&t, fields, now_ms())
+            .to_bytes()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let r = w.seal(&device, now_ms(), &payload(0.1)).unwrap();
+        ol.publish_as(topics::channel(&ch), r, false).await;
+    }
+    wait_event(&mut provider, &mut log, "key", |e| {
+        matches!(e, ProviderEvent::KeyReceived { .. })
+    })
+    .await;
+    // Records until the provider's subscription is in place and one arrives.
+    let first = loop {
+        let r = w.seal(&device, now_ms(), &payload(0.2)).unwrap();
+        ol.publish_as(topics::channel(&ch), r, false).await;
+        let got = tokio::time::timeout(Duration::from_millis(200), async {
+            loop {
+                let ev = provider.next_event().await.expect("provider stream");
+                log.push(ev.clone());
+                if let ProviderEvent::Reading { seq, .. } = ev {
+                    return seq;
+                }
+            }
+        })
+        .await;
+        if let Ok(seq) = got {
+            break seq;
+        }
+        assert!(w.next_seq() < 300, "no record arrived: {log:#?}");
+    };
+    assert!(
+        first >= 2,
+        "the first two records were sealed before the subscription"
+    );
+    // Then: one record published, one lost, one published.
+    let sealed_before = w.next_seq();
+    let lost = sealed_before + 1;
+    for seq in sealed_before..sealed_before + 3 {
+        let r = w.seal(&device, now_ms(), &payload(0.3)).unwrap();
+        if seq != lost {
+            ol.publish_as(topics::channel(&ch), r, false).await;
+        }
+    }
+    let last = lost + 1;
+    wait_event(
+        &mut provider,
+        &mut log,
+        "the record after the lost one",
+        |e| matches!(e, ProviderEvent::Reading { seq, .. } if *seq == last),
+    )
+    .await;
+    let gaps: Vec<&ProviderEvent> = log
+        .iter()
+        .filter(|e| matches!(e, ProviderEvent::Gap { .. }))
+        .collect();
+    assert_eq!(
+        gaps,
+        [&ProviderEvent::Gap {
+            consent,
+            expected: lost,
+            got: last
+        }],
+        "{log:#?}"
+    );
+    let seqs: Vec<u64> = log
+        .iter()
+        .filter_map(|e| match e {
+            ProviderEvent::Reading { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<u64> = (first..last).filter(|s| *s != lost).chain([last]).collect();
+    assert_eq!(seqs, want, "{log:#?}");
 }

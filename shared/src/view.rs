@@ -5,7 +5,9 @@
 //!
 //! - [`Resolution::Raw`]: one [`Reading`] per telegram ([`project`]).
 //! - every other resolution: one [`Aggregate`] per window of `resolution.seconds()` aligned to
-//!   Unix time (UTC), built by an [`Aggregator`] whose state is serialisable.
+//!   Unix time (UTC), built by an [`Aggregator`] whose state is serialisable. Telegrams fall in
+//!   windows by their own timestamp ([`telegram_time_ms`]), so a replay at any speed gives the
+//!   aggregates the meter's time says; the receive time stands in only for a telegram without one.
 //!
 //! [`View`] wraps both so the agent can feed every telegram to every view. Payloads are JSON
 //! (`{"type":"reading"|"aggregate","v":1,…}`), at most [`MAX_PAYLOAD`] bytes; providers decode them
@@ -905,6 +907,26 @@ struct Window {
     meter_ids: Option<Vec<MeterId>>,
 }
 
+/// The last telegram added: its time (see [`telegram_time_ms`]) and when the agent received it.
+/// Their difference maps window ends onto the agent's clock for [`Aggregator::flush`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Arrival {
+    time_ms: u64,
+    received_ms: u64,
+}
+
+/// How long after a window's end (carried to the agent's clock) a silent meter's window is
+/// closed by [`Aggregator::flush`]: covers the seconds cut off the timestamps, serial and
+/// processing delays, and 10 s telegram intervals (DSMR 2.2–4). Closing a window too early would
+/// split it; closing it late only delays its aggregate.
+pub const FLUSH_GRACE_MS: u64 = 10_000;
+
+/// When a telegram was taken, by its own `0-0:1.0.0` timestamp (Unix ms, offset from the DST
+/// flag). `None` when it has none, the meter clock is not set, or there is no DST flag.
+pub fn telegram_time_ms(t: &Telegram) -> Option<u64> {
+    t.timestamp.as_ref()?.unix_ms()
+}
+
 /// Builds [`Aggregate`]s for one non-raw [`ViewSpec`]. Serialisable: persist it (serde) and
 /// restore it after a restart to continue the open window and the energy baselines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -912,6 +934,12 @@ pub struct Aggregator {
     spec: ViewSpec,
     #[serde(default)]
     window: Option<Window>,
+    #[serde(default)]
+    last: Option<Arrival>,
+    /// Start of the window closed last: a late telegram of it is dropped, not published as a
+    /// second aggregate of the same interval.
+    #[serde(default)]
+    closed_start_ms: Option<u64>,
     /// Energy registers and M-Bus meters by JSON key, carried across windows.
     #[serde(default)]
     registers: BTreeMap<String, RegAcc>,
@@ -927,6 +955,8 @@ impl Aggregator {
         Self {
             spec,
             window: None,
+            last: None,
+            closed_start_ms: None,
             registers: BTreeMap::new(),
             events: BTreeMap::new(),
         }
@@ -941,10 +971,25 @@ impl Aggregator {
         self.window.as_ref().map(|w| w.start_ms)
     }
 
-    /// End (exclusive) of the open window, if any: when [`flush`](Self::flush) will close it.
+    /// End (exclusive) of the open window, if any, in telegram time.
     pub fn window_end_ms(&self) -> Option<u64> {
         self.window_start_ms()
             .map(|s| s.saturating_add(self.spec.window_ms()))
+    }
+
+    /// When, by the agent's clock, [`flush`](Self::flush) closes the open window of a silent
+    /// meter: when a telegram stamped with the window's end would have arrived (as far behind
+    /// its timestamp as the last one was), plus [`FLUSH_GRACE_MS`].
+    pub fn flush_due_ms(&self) -> Option<u64> {
+        let end = self.window_end_ms()?;
+        Some(match self.last {
+            Some(a) => a
+                .received_ms
+                .saturating_add(end.saturating_sub(a.time_ms))
+                .saturating_add(FLUSH_GRACE_MS),
+            // State persisted before arrivals were kept: the window's end itself.
+            None => end,
+        })
     }
 
     fn align(&self, at_ms: u64) -> u64 {
@@ -952,29 +997,38 @@ impl Aggregator {
         at_ms - at_ms % len
     }
 
-    /// Adds a telegram received at `at_ms` (agent clock, Unix ms). Returns the previous window's
-    /// aggregate when `at_ms` is past its end (or, if the clock went backwards, before its
-    /// start); windows without samples produce nothing.
-    pub fn push(&mut self, telegram: &Telegram, at_ms: u64) -> Option<ViewPayload> {
-        let mut done = None;
+    /// Adds a telegram the agent received at `received_at_ms` (its clock, Unix ms). The telegram
+    /// counts at its own time ([`telegram_time_ms`], else `received_at_ms`). Returns the open
+    /// window's aggregate when the telegram belongs to another window (a later one, or an
+    /// earlier one if the meter clock went back further); windows without samples produce
+    /// nothing. A telegram of the window closed last (late) is dropped.
+    pub fn push(&mut self, telegram: &Telegram, received_at_ms: u64) -> Option<ViewPayload> {
+        let at_ms = telegram_time_ms(telegram).unwrap_or(received_at_ms);
         let start = self.align(at_ms);
-        let reopen = match &self.window {
-            Some(w) => w.start_ms != start,
-            None => true,
-        };
-        if reopen {
-            done = self.close();
-            self.open(start);
+        let mut done = None;
+        match &self.window {
+            Some(w) if w.start_ms == start => {}
+            // Late for the window closed last (by a flush, or by a telegram of the next window):
+            // publishing it again would give two partial aggregates of one interval.
+            _ if self.closed_start_ms == Some(start) => return None,
+            _ => {
+                done = self.close();
+                self.open(start);
+            }
         }
+        self.last = Some(Arrival {
+            time_ms: at_ms,
+            received_ms: received_at_ms,
+        });
         self.add(telegram, at_ms);
         done
     }
 
-    /// Closes the open window if its end is at or before `now_ms` (call from a timer so a window
-    /// ends even when the meter goes silent).
+    /// Closes the open window once [`flush_due_ms`](Self::flush_due_ms) is at or before `now_ms`
+    /// (agent clock; call from a timer so a window ends even when the meter goes silent).
     pub fn flush(&mut self, now_ms: u64) -> Option<ViewPayload> {
-        match self.window_end_ms() {
-            Some(end) if end <= now_ms => self.close(),
+        match self.flush_due_ms() {
+            Some(due) if due <= now_ms => self.close(),
             _ => None,
         }
     }
@@ -1044,6 +1098,7 @@ impl Aggregator {
 
     fn close(&mut self) -> Option<ViewPayload> {
         let w = self.window.take()?;
+        self.closed_start_ms = Some(w.start_ms);
         if w.samples == 0 {
             return None;
         }
@@ -1135,8 +1190,8 @@ pub enum View {
     },
     /// Every other resolution: an [`Aggregate`] per window.
     Aggregated {
-        /// Window state.
-        aggregator: Aggregator,
+        /// Window state (boxed: far larger than a raw view; serialised the same).
+        aggregator: Box<Aggregator>,
     },
 }
 
@@ -1146,7 +1201,7 @@ impl View {
             View::Raw { spec }
         } else {
             View::Aggregated {
-                aggregator: Aggregator::new(spec),
+                aggregator: Box::new(Aggregator::new(spec)),
             }
         }
     }
@@ -1158,12 +1213,12 @@ impl View {
         }
     }
 
-    /// Feeds one telegram received at `at_ms`. Returns at most one payload: a [`Reading`] for
-    /// raw views (always), an [`Aggregate`] when a window closed.
-    pub fn push(&mut self, telegram: &Telegram, at_ms: u64) -> Option<ViewPayload> {
+    /// Feeds one telegram received at `received_at_ms` (agent clock). Returns at most one
+    /// payload: a [`Reading`] for raw views (always), an [`Aggregate`] when a window closed.
+    pub fn push(&mut self, telegram: &Telegram, received_at_ms: u64) -> Option<ViewPayload> {
         match self {
-            View::Raw { spec } => Some(project(telegram, spec.fields, at_ms)),
-            View::Aggregated { aggregator } => aggregator.push(telegram, at_ms),
+            View::Raw { spec } => Some(project(telegram, spec.fields, received_at_ms)),
+            View::Aggregated { aggregator } => aggregator.push(telegram, received_at_ms),
         }
     }
 
@@ -1179,7 +1234,7 @@ impl View {
     pub fn next_flush_ms(&self) -> Option<u64> {
         match self {
             View::Raw { .. } => None,
-            View::Aggregated { aggregator } => aggregator.window_end_ms(),
+            View::Aggregated { aggregator } => aggregator.flush_due_ms(),
         }
     }
 }

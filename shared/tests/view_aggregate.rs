@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use p1consent_shared::consent::scope::{Field, FieldSet, Resolution};
 use p1consent_shared::dsmr::{self, MbusChannel, MbusReading, ParseOptions, Telegram, Timestamp};
 use p1consent_shared::view::{
-    Aggregate, Aggregator, Counter, MeterCounter, Stat, View, ViewPayload, ViewSpec,
+    Aggregate, Aggregator, Counter, FLUSH_GRACE_MS, MeterCounter, Stat, View, ViewPayload,
+    ViewSpec, telegram_time_ms,
 };
 
 /// 2023-11-14T22:00:00Z, a multiple of 3600 s (and so of 900, 60, 10 s).
@@ -90,7 +91,7 @@ fn quarter_hour_total_power_statistics() {
         r#"{"type":"aggregate","v":1,"start_ms":1699999200000,"end_ms":1700000100000,"resolution_s":900,"samples":5,"power_delivered_kw":{"mean":1.0625,"min":0.25,"max":2.0}}"#
     );
     // The 3.0 kW telegram opened the next window.
-    let next = agg(a.flush(T0 + 2 * QH));
+    let next = agg(a.flush(T0 + 2 * QH + FLUSH_GRACE_MS));
     assert_eq!((next.start_ms, next.samples), (T0 + QH, 1));
     assert_eq!(next.power_delivered_kw.map(|s| s.mean), Some(3.0));
 }
@@ -104,7 +105,7 @@ fn mean_is_rounded_to_six_decimals() {
     for kw in [0.1, 0.2, 0.2] {
         a.push(&power(kw), T0);
     }
-    let out = agg(a.flush(T0 + MIN));
+    let out = agg(a.flush(T0 + MIN + FLUSH_GRACE_MS));
     assert_eq!(
         out.power_delivered_kw,
         Some(Stat {
@@ -142,7 +143,7 @@ fn energy_delta_and_end_across_windows() {
     assert_eq!(w1.tariff, None, "tariff not granted");
     // Window 2: baseline is the last value of window 1 (100.025), not the first of window 2.
     a.push(&energy(1, 100.050, 50.0), T0 + MIN + 50_000);
-    let w2 = agg(a.flush(T0 + 2 * MIN));
+    let w2 = agg(a.flush(T0 + 2 * MIN + FLUSH_GRACE_MS));
     assert_eq!(
         w2.energy_delivered_tariff1_kwh,
         Some(Counter {
@@ -154,7 +155,7 @@ fn energy_delta_and_end_across_windows() {
     // delta starts at the first sample of window 4.
     a.push(&energy(1, 100.200, 50.0), T0 + 3 * MIN);
     a.push(&energy(1, 100.210, 50.0), T0 + 3 * MIN + 30_000);
-    let w4 = agg(a.flush(T0 + 4 * MIN));
+    let w4 = agg(a.flush(T0 + 4 * MIN + FLUSH_GRACE_MS));
     assert_eq!(w4.start_ms, T0 + 3 * MIN);
     assert_eq!(
         w4.energy_delivered_tariff1_kwh,
@@ -168,7 +169,7 @@ fn energy_delta_and_end_across_windows() {
     a.push(&energy(1, 100.230, 50.0), T0 + 4 * MIN);
     a.push(&energy(1, 0.000, 50.0), T0 + 4 * MIN + 1_000);
     a.push(&energy(1, 0.004, 50.0), T0 + 4 * MIN + 2_000);
-    let w5 = agg(a.flush(T0 + 5 * MIN));
+    let w5 = agg(a.flush(T0 + 5 * MIN + FLUSH_GRACE_MS));
     assert_eq!(
         w5.energy_delivered_tariff1_kwh,
         Some(Counter {
@@ -190,7 +191,7 @@ fn tariff_switch_in_a_window() {
     a.push(&energy(1, 1000.300, 2000.000), T0 + 300_000);
     a.push(&energy(2, 1000.300, 2000.000), T0 + 400_000);
     a.push(&energy(2, 1000.300, 2000.450), T0 + 800_000);
-    let out = agg(a.flush(T0 + QH));
+    let out = agg(a.flush(T0 + QH + FLUSH_GRACE_MS));
     assert_eq!(out.tariff, Some(2));
     assert_eq!(
         out.energy_delivered_tariff1_kwh,
@@ -254,9 +255,15 @@ fn flush_closes_a_window_when_the_meter_is_silent() {
     assert_eq!(view.flush(T0), None, "nothing open");
     assert_eq!(view.next_flush_ms(), None);
     assert_eq!(view.push(&power(0.7), T0 + 5_000), None);
-    assert_eq!(view.next_flush_ms(), Some(T0 + MIN));
-    assert_eq!(view.flush(T0 + MIN - 1), None, "window not over yet");
-    let out = agg(view.flush(T0 + MIN));
+    // Without a timestamp the telegram counts at its receive time: the window closes at its
+    // end plus the grace for late telegrams.
+    assert_eq!(view.next_flush_ms(), Some(T0 + MIN + FLUSH_GRACE_MS));
+    assert_eq!(
+        view.flush(T0 + MIN + FLUSH_GRACE_MS - 1),
+        None,
+        "window not over yet"
+    );
+    let out = agg(view.flush(T0 + MIN + FLUSH_GRACE_MS));
     assert_eq!((out.start_ms, out.samples), (T0, 1));
     assert_eq!(view.flush(T0 + 10 * MIN), None, "no empty windows");
     assert_eq!(view.next_flush_ms(), None);
@@ -328,7 +335,7 @@ fn gas_power_quality_and_text_message() {
     t.voltage_sags_l1 = Some(13);
     a.push(&t, T0 + 2_000);
     a.push(&gas(1091.601), T0 + 3_000); // empty text message again: the last non-empty stays
-    let out = agg(a.flush(T0 + 3_600_000));
+    let out = agg(a.flush(T0 + 3_600_000 + FLUSH_GRACE_MS));
     assert_eq!(
         out.gas,
         Some(MeterCounter {
@@ -389,24 +396,7 @@ fn stream() -> Vec<(Telegram, u64)> {
 
 /// The telegram's own timestamp as Unix ms (these telegrams carry W = UTC+1).
 fn utc_ms(t: &Telegram) -> u64 {
-    let p = t
-        .timestamp
-        .as_ref()
-        .and_then(|ts| ts.parts)
-        .expect("timestamp");
-    let (y, m, d) = (i64::from(p.year), i64::from(p.month), i64::from(p.day));
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs =
-        days * 86_400 + i64::from(p.hour) * 3600 + i64::from(p.minute) * 60 + i64::from(p.second)
-            - i64::from(p.utc_offset_s().expect("dst flag"));
-    u64::try_from(secs).expect("after 1970") * 1000
+    telegram_time_ms(t).expect("timestamp")
 }
 
 #[test]
@@ -427,7 +417,7 @@ fn quarter_hour_view_over_the_1hz_stream() {
     for (t, at) in &s {
         assert_eq!(view.push(t, *at), None, "all in 14:00–14:15Z");
     }
-    let out = agg(view.flush(1_553_436_900_000));
+    let out = agg(view.flush(1_553_436_900_000 + FLUSH_GRACE_MS));
     assert_eq!(out.start_ms, 1_553_436_000_000);
     assert_eq!(out.end_ms, 1_553_436_900_000);
     assert_eq!(out.samples, 566);

@@ -54,6 +54,9 @@ pub enum Meter {
     Simulator { interval_ms: u64 },
     /// A capture file replayed at its recorded pace, looping.
     Replay(PathBuf),
+    /// A named pipe that the test writes telegrams into ([`TelegramPipe`]), replayed once, as
+    /// fast as they come: any stretch of meter time in moments.
+    Pipe(PathBuf),
 }
 
 impl Meter {
@@ -94,6 +97,68 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+// ------------------------------------------------------------------------------- meter pipe
+
+/// A FIFO the agent's replay source reads (see [`Meter::Pipe`]); the test writes telegrams into
+/// it when it wants them sealed. The test side holds the FIFO open for reading and writing, so
+/// neither side's open blocks; dropping it closes the FIFO, which ends the agent's replay.
+pub struct TelegramPipe {
+    path: PathBuf,
+    file: Option<Arc<std::fs::File>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TelegramPipe {
+    pub fn create() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p1.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success(), "mkfifo {}", path.display());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("the FIFO opens");
+        Self {
+            path,
+            file: Some(Arc::new(file)),
+            _dir: dir,
+        }
+    }
+
+    /// The meter for [`World::start`].
+    pub fn meter(&self) -> Meter {
+        Meter::Pipe(self.path.clone())
+    }
+
+    /// Writes raw P1 bytes (on a blocking thread: the pipe holds 64 KiB until the agent reads).
+    pub async fn write(&self, bytes: Vec<u8>) {
+        let file = self.file.clone().expect("the pipe is open");
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            (&*file).write_all(&bytes)
+        })
+        .await
+        .expect("writer thread")
+        .expect("telegrams written to the FIFO");
+    }
+}
+
+/// Telegrams of the agent's simulated DSMR 5 meter, one every `step_ms` from `start_ms` for
+/// `count` telegrams: `(time the telegram is stamped with, Unix ms; the frame's bytes)`.
+pub fn simulated_telegrams(start_ms: u64, step_ms: u64, count: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut sim = pi_agent::source::Simulator::new(pi_agent::source::SimConfig::new(7, start_ms));
+    (0..count)
+        .map(|i| {
+            let t = start_ms + i * step_ms;
+            (t, sim.next_telegram(t))
+        })
+        .collect()
 }
 
 // ------------------------------------------------------------------------------- spy
@@ -295,6 +360,12 @@ impl World {
                 cfg.meter.replay_file = Some(path);
                 cfg.meter.replay_recorded_pace = true;
                 cfg.meter.replay_loop = true;
+            }
+            Meter::Pipe(path) => {
+                cfg.meter.source = SourceKind::Replay;
+                cfg.meter.replay_file = Some(path);
+                cfg.meter.replay_recorded_pace = false;
+                cfg.meter.replay_loop = false;
             }
         }
         cfg.pairing.label = "Meter hall".into();
@@ -612,21 +683,13 @@ impl Prov {
             .collect()
     }
 
-    /// Gap events of `consent` after the first reading of it (the one Gap a provider may see
-    /// between key delivery and channel subscription comes before any reading).
-    pub fn gaps_after_first_reading(&self, consent: &OpaqueId) -> Vec<ProviderEvent> {
-        let first = self
-            .log
+    /// Gap events of `consent` (records lost in its stream).
+    pub fn gaps(&self, consent: &OpaqueId) -> Vec<ProviderEvent> {
+        self.log
             .iter()
-            .position(|e| matches!(e, ProviderEvent::Reading { consent: c, .. } if c == consent));
-        match first {
-            None => Vec::new(),
-            Some(i) => self.log[i..]
-                .iter()
-                .filter(|e| matches!(e, ProviderEvent::Gap { consent: c, .. } if c == consent))
-                .cloned()
-                .collect(),
-        }
+            .filter(|e| matches!(e, ProviderEvent::Gap { consent: c, .. } if c == consent))
+            .cloned()
+            .collect()
     }
 
     pub fn rejected(&self) -> Vec<ProviderEvent> {

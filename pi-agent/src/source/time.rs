@@ -20,17 +20,8 @@ pub struct Civil {
     pub weekday: u32,
 }
 
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+/// Days since 1970-01-01 of a civil date (one implementation, in the shared DSMR model).
+pub use p1consent_shared::dsmr::days_from_civil;
 
 /// Civil date (year, month, day) of a day number since 1970-01-01.
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {

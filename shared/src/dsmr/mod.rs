@@ -21,7 +21,7 @@ pub use framer::{
 };
 pub use model::{
     DateTimeParts, Demand, Header, LineError, MbusChannel, MbusReading, MonthlyPeak, PowerFailure,
-    Quantity, Telegram, Timestamp, UnknownLine, mbus_kind,
+    Quantity, Telegram, Timestamp, UnknownLine, days_from_civil, mbus_kind,
 };
 pub use parse::{Obis, parse, parse_timestamp};
 

@@ -31,6 +31,38 @@ pub struct Timestamp {
     pub parts: Option<DateTimeParts>,
 }
 
+impl Timestamp {
+    /// The instant this timestamp names, in Unix milliseconds: only when the meter clock is set
+    /// and the DST flag gives the offset (`S` = UTC+2, `W` = UTC+1). Without a flag the local time
+    /// is ambiguous (the hour before the change to winter time occurs twice), so `None`.
+    pub fn unix_ms(&self) -> Option<u64> {
+        if !self.clock_set {
+            return None;
+        }
+        let p = self.parts?;
+        let offset = i64::from(p.utc_offset_s()?);
+        let days = days_from_civil(i64::from(p.year), u32::from(p.month), u32::from(p.day));
+        let secs = days * 86_400
+            + i64::from(p.hour) * 3600
+            + i64::from(p.minute) * 60
+            + i64::from(p.second)
+            - offset;
+        u64::try_from(secs).ok()?.checked_mul(1000)
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Broken-down local time of a [`Timestamp`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DateTimeParts {
