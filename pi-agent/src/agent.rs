@@ -31,7 +31,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    config::AgentConfig,
+    config::{AgentConfig, SourceKind},
     follower::{Follower, StoredThread},
     identity::{DeviceIdentity, write_private},
     outbox::OutboxPump,
@@ -92,6 +92,8 @@ pub struct Agent {
     status: Status,
     broker_hint: String,
     last_status_write: u64,
+    /// Messages in the outbox, as of the last pump.
+    outbox_depth: u64,
 }
 
 fn now_s() -> u64 {
@@ -101,6 +103,13 @@ fn now_s() -> u64 {
 /// Token range for publishes that bypass the outbox (pairing replies): never acknowledged
 /// to the pump.
 const EPHEMERAL_TOKEN: u64 = u64::MAX;
+
+/// Outbox depth at which a source that can wait (replay, simulator) is no longer read until
+/// the broker has taken some: without it a source faster than the broker fills the outbox
+/// (disk and cache) without bound. A serial meter is never made to wait: its telegrams go
+/// to the durable outbox whatever its depth (at 1 Hz the disk is the only limit that
+/// matters), and the port reader must keep reading.
+pub const OUTBOX_HIGH: u64 = 1024;
 
 impl Agent {
     /// Opens the state (creating the identity on first start) and re-verifies everything.
@@ -141,6 +150,7 @@ impl Agent {
         );
         let mut status = Status::new(id.public());
         status.paired_owner = follower.as_ref().map(|f| f.owner().to_hex());
+        let outbox_depth = store.outbox_len()?;
         Ok(Self {
             cfg,
             store,
@@ -153,6 +163,7 @@ impl Agent {
             status,
             broker_hint,
             last_status_write: 0,
+            outbox_depth,
         })
     }
 
@@ -194,6 +205,16 @@ impl Agent {
         )
         .map_err(AgentError::State)?;
         Ok(Some(link.to_string()))
+    }
+
+    /// Whether to take telegrams from the source now (see [`OUTBOX_HIGH`]).
+    pub fn accepts_telegrams(&self) -> bool {
+        self.cfg.meter.source == SourceKind::Serial || self.outbox_depth < OUTBOX_HIGH
+    }
+
+    /// Messages in the outbox, as of the last pump.
+    pub fn outbox_depth(&self) -> u64 {
+        self.outbox_depth
     }
 
     pub fn attach_link(&mut self, link: LinkHandle) {
@@ -299,7 +320,8 @@ impl Agent {
         match ev {
             LinkEvent::Connected => {
                 self.status.broker_connected = true;
-                self.pump.on_connected();
+                let connection = self.link.as_ref().map_or(0, LinkHandle::connection);
+                self.pump.on_connected(connection);
                 tracing::info!("connected to the broker");
             }
             LinkEvent::Disconnected(reason) => {
@@ -740,6 +762,10 @@ impl Agent {
         {
             tracing::error!(error = %e, "outbox");
         }
+        match self.store.outbox_len() {
+            Ok(n) => self.outbox_depth = n,
+            Err(e) => tracing::error!(error = %e, "outbox"),
+        }
     }
 }
 
@@ -850,7 +876,7 @@ pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Resul
 }
 
 /// Most telegrams sealed in one transaction when they queue up.
-const TELEGRAM_BATCH: usize = 64;
+pub const TELEGRAM_BATCH: usize = 64;
 
 async fn session(
     cfg: &AgentConfig,
@@ -884,7 +910,8 @@ async fn session(
     let mut source_open = true;
     loop {
         let end = tokio::select! {
-            t = rx.recv(), if source_open => match t {
+            // Back-pressure: a waiting source stops at its bounded channel.
+            t = rx.recv(), if source_open && agent.accepts_telegrams() => match t {
                 Some(t) => {
                     let mut batch = vec![t];
                     while batch.len() < TELEGRAM_BATCH {

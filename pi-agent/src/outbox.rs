@@ -2,22 +2,31 @@
 //!
 //! At most [`WINDOW`] messages are in flight. After every (re)connect everything still in
 //! the outbox is sent again from the start: the broker may or may not have received the
-//! unacknowledged ones, and readers drop duplicates by sequence number.
+//! unacknowledged ones, and readers drop duplicates by sequence number. Every publish is
+//! tagged with the connection it is meant for, so one issued just before a reconnect the
+//! pump had not yet seen cannot overtake the re-sent messages before it (a reader would
+//! see a gap).
 
 use std::collections::BTreeSet;
 
-use p1consent_shared::mqtt::LinkHandle;
+use p1consent_shared::{channel::RECENT_WINDOW, mqtt::LinkHandle};
 
 use crate::store::{Store, StoreError};
 
 /// Messages in flight at once.
-pub const WINDOW: usize = 256;
+pub const WINDOW: usize = RECENT_WINDOW / 2;
 /// Acknowledged messages removed from the outbox in one transaction under load.
-pub const REMOVE_BATCH: usize = 64;
+pub const REMOVE_BATCH: usize = RECENT_WINDOW - WINDOW;
+// What a reconnect or a restart publishes again and a reader may already have is at most
+// the messages in flight plus those acknowledged but not yet removed. Readers recognise a
+// copy of one of their last RECENT_WINDOW records as a duplicate; anything older they
+// report as out of order. So the two together must stay within that window.
+const _: () = assert!(WINDOW + REMOVE_BATCH <= RECENT_WINDOW && WINDOW > 0);
 
 #[derive(Debug, Default)]
 pub struct OutboxPump {
-    connected: bool,
+    /// The link's connection number while connected.
+    connected: Option<u64>,
     /// Highest outbox id handed to the link in this connection.
     cursor: Option<u64>,
     inflight: BTreeSet<u64>,
@@ -25,14 +34,15 @@ pub struct OutboxPump {
 }
 
 impl OutboxPump {
-    pub fn on_connected(&mut self) {
-        self.connected = true;
+    /// `connection` is [`LinkHandle::connection`] read when handling the `Connected` event.
+    pub fn on_connected(&mut self, connection: u64) {
+        self.connected = Some(connection);
         self.cursor = None;
         self.inflight.clear();
     }
 
     pub fn on_disconnected(&mut self) {
-        self.connected = false;
+        self.connected = None;
         self.cursor = None;
         self.inflight.clear();
     }
@@ -58,9 +68,9 @@ impl OutboxPump {
             store.outbox_remove(&self.acked)?;
             self.acked.clear();
         }
-        if !self.connected {
+        let Some(connection) = self.connected else {
             return Ok(());
-        }
+        };
         while self.inflight.len() < WINDOW {
             let batch = store.outbox_after(self.cursor, WINDOW - self.inflight.len())?;
             if batch.is_empty() {
@@ -68,7 +78,7 @@ impl OutboxPump {
             }
             for (id, m) in batch {
                 if link
-                    .publish(id, m.topic, m.payload, m.retain, m.expiry_s)
+                    .publish_on(connection, id, m.topic, m.payload, m.retain, m.expiry_s)
                     .is_err()
                 {
                     return Ok(());

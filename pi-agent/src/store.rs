@@ -18,6 +18,8 @@ use thiserror::Error;
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// redb's page cache.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -65,7 +67,11 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let db = Database::create(path)?;
+        // redb caches up to 1 GiB by default; the agent's working set is the newest states
+        // and the head of the outbox.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
         restrict_permissions(path)?;
         let tx = db.begin_write()?;
         tx.open_table(STATE)?;

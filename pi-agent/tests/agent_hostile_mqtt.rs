@@ -167,6 +167,18 @@ async fn hostile_input_is_rejected(broker_url: Option<String>, port: u16) {
     );
     // A log entry for a thread the agent does not follow.
     send(topics::log_entry(&fake_thread, 1, 0), vec![0x12; 64]);
+    // Let them arrive before the oversize message: a broker that cuts the sender off for it
+    // (rumqttd) may drop what it read from the same connection just before.
+    wait_until(
+        "the small hostile messages to be logged",
+        Duration::from_secs(20),
+        || {
+            let rejected = logs_before("pairing message rejected") - rejected_pairing_0;
+            let envelope = logs_before("thread envelope ignored: not paired") - envelope_0;
+            (rejected >= 10 && envelope >= 1).then_some(())
+        },
+    )
+    .await;
     // Oversize: above the 4 MiB limit of every party. An MQTT 5 broker does not even forward
     // it (the agent announced its maximum packet size); a broker that does is answered with a
     // drop. Either way the agent never looks at it and stays connected.

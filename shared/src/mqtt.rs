@@ -5,14 +5,30 @@
 //! attempt starts a fresh rumqttc client, and a publisher that needs durability (the agent's
 //! outbox) re-publishes whatever was not acknowledged when it sees [`LinkEvent::Connected`].
 //! Readers drop the resulting duplicates by sequence number, so each message is *seen* once.
+//!
+//! Within one connection nothing accepted is dropped and order is kept: a publish that
+//! rumqttc's request queue cannot take yet waits in the link's own queue. A publisher that
+//! re-sends in order after every reconnect tags its publishes with the connection they are
+//! meant for ([`LinkHandle::publish_on`]); a publish issued for an earlier connection (the
+//! publisher had not yet seen the reconnect) is dropped instead of overtaking the re-sent
+//! messages that come before it.
 
-use std::{collections::HashMap, collections::VecDeque, time::Duration};
+use std::{
+    collections::HashMap,
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use rumqttc::v5::{
     AsyncClient, Event, MqttOptions,
     mqttbytes::{
         QoS,
-        v5::{Packet, PublishProperties},
+        v5::{Packet, PubAckReason, PublishProperties},
+        valid_topic,
     },
 };
 use thiserror::Error;
@@ -165,7 +181,9 @@ pub enum LinkEvent {
     /// Lost the connection; everything unacknowledged is considered lost.
     Disconnected(String),
     Message(Message),
-    /// The broker acknowledged the publish with this token.
+    /// The broker acknowledged the publish with this token. A publish the broker refused
+    /// (an error reason in its PUBACK) is never reported: to the publisher it stays
+    /// unacknowledged and is sent again after the next reconnect.
     Acked(u64),
     /// A message over the size limit (or with a non-UTF-8 topic) was dropped.
     Dropped {
@@ -185,13 +203,21 @@ pub enum LinkState {
 #[error("the MQTT link has shut down")]
 pub struct LinkClosed;
 
+/// A publish on its way to rumqttc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Publish {
+    token: u64,
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+    expiry_s: Option<u32>,
+}
+
 enum Command {
     Publish {
-        token: u64,
-        topic: String,
-        payload: Vec<u8>,
-        retain: bool,
-        expiry_s: Option<u32>,
+        /// Only for this connection (see [`LinkHandle::publish_on`]); `None`: any.
+        connection: Option<u64>,
+        publish: Publish,
     },
     Subscribe(String),
 }
@@ -201,6 +227,7 @@ enum Command {
 pub struct LinkHandle {
     tx: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<LinkState>,
+    connections: Arc<AtomicU64>,
 }
 
 impl LinkHandle {
@@ -214,15 +241,56 @@ impl LinkHandle {
         retain: bool,
         expiry_s: Option<u32>,
     ) -> Result<(), LinkClosed> {
-        self.tx
-            .send(Command::Publish {
+        self.send_publish(
+            None,
+            Publish {
                 token,
                 topic: topic.into(),
                 payload,
                 retain,
                 expiry_s,
+            },
+        )
+    }
+
+    /// Like [`Self::publish`], but only on connection number `connection` (from
+    /// [`Self::connection`], read when handling its [`LinkEvent::Connected`]): if the link
+    /// has reconnected since, the publish is dropped, because the publisher will see the new
+    /// `Connected` and re-send everything in order.
+    pub fn publish_on(
+        &self,
+        connection: u64,
+        token: u64,
+        topic: impl Into<String>,
+        payload: Vec<u8>,
+        retain: bool,
+        expiry_s: Option<u32>,
+    ) -> Result<(), LinkClosed> {
+        self.send_publish(
+            Some(connection),
+            Publish {
+                token,
+                topic: topic.into(),
+                payload,
+                retain,
+                expiry_s,
+            },
+        )
+    }
+
+    fn send_publish(&self, connection: Option<u64>, publish: Publish) -> Result<(), LinkClosed> {
+        self.tx
+            .send(Command::Publish {
+                connection,
+                publish,
             })
             .map_err(|_| LinkClosed)
+    }
+
+    /// Number of the current (or last) connection: 0 before the first, then counting up
+    /// with every [`LinkEvent::Connected`] (it is already updated when the event arrives).
+    pub fn connection(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Adds a subscription, kept across reconnects.
@@ -256,11 +324,13 @@ pub fn connect(config: LinkConfig) -> Result<Link, UrlError> {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
-    tokio::spawn(run(config, cmd_rx, ev_tx, state_tx));
+    let connections = Arc::new(AtomicU64::new(0));
+    tokio::spawn(run(config, cmd_rx, ev_tx, state_tx, connections.clone()));
     Ok(Link {
         handle: LinkHandle {
             tx: cmd_tx,
             state: state_rx,
+            connections,
         },
         events: ev_rx,
     })
@@ -308,27 +378,92 @@ mod tls {
     }
 }
 
+/// The publishes of one connection, from the publisher to the broker's acknowledgement.
+#[derive(Debug, Default)]
+struct Tracker {
+    /// Accepted but not yet taken by rumqttc (its request queue was full), in order.
+    queued: VecDeque<Publish>,
+    /// Taken by rumqttc, in order, until it assigns a packet id.
+    unassigned: VecDeque<u64>,
+    inflight: HashMap<u16, u64>,
+}
+
+impl Tracker {
+    /// Queues a publish behind any still waiting, so order is kept. A topic rumqttc would
+    /// never take (wildcards, empty) is dropped: it would block everything behind it.
+    fn push(&mut self, p: Publish) {
+        if valid_topic(&p.topic) {
+            self.queued.push_back(p);
+        }
+    }
+
+    /// Hands queued publishes to `send`, in order, until it refuses one (that one stays
+    /// first in line for the next call).
+    fn flush(&mut self, mut send: impl FnMut(&Publish) -> bool) {
+        while let Some(p) = self.queued.front() {
+            if !send(p) {
+                break;
+            }
+            if let Some(p) = self.queued.pop_front() {
+                self.unassigned.push_back(p.token);
+            }
+        }
+    }
+
+    /// rumqttc wrote the next publish with this packet id.
+    fn on_sent(&mut self, pkid: u16) {
+        if let Some(token) = self.unassigned.pop_front() {
+            self.inflight.insert(pkid, token);
+        }
+    }
+
+    /// The broker answered the publish with this packet id; the token if it accepted it.
+    fn on_puback(&mut self, pkid: u16, reason: &PubAckReason) -> Option<u64> {
+        let token = self.inflight.remove(&pkid)?;
+        matches!(
+            reason,
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+        )
+        .then_some(token)
+    }
+}
+
 async fn run(
     mut config: LinkConfig,
     mut cmds: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<LinkEvent>,
     state: watch::Sender<LinkState>,
+    connections: Arc<AtomicU64>,
 ) {
     let mut backoff = config.backoff.0;
     loop {
         let (client, mut eventloop) = AsyncClient::new(options(&config), 1024);
-        // Tokens of publishes handed to rumqttc, in order, until it assigns a packet id.
-        let mut unassigned: VecDeque<u64> = VecDeque::new();
-        let mut inflight: HashMap<u16, u64> = HashMap::new();
-        let mut connected = false;
+        let mut tracker = Tracker::default();
+        // This connection's number once the broker accepted it.
+        let mut connected: Option<u64> = None;
         let reason = loop {
+            tracker.flush(|p| {
+                let props = PublishProperties {
+                    message_expiry_interval: p.expiry_s,
+                    ..Default::default()
+                };
+                client
+                    .try_publish_with_properties(
+                        p.topic.clone(),
+                        QoS::AtLeastOnce,
+                        p.retain,
+                        p.payload.clone(),
+                        props,
+                    )
+                    .is_ok()
+            });
             tokio::select! {
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         for f in &config.subscriptions {
                             let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
                         }
-                        connected = true;
+                        connected = Some(connections.fetch_add(1, Ordering::SeqCst) + 1);
                         backoff = config.backoff.0;
                         state.send_replace(LinkState::Connected);
                         if events.send(LinkEvent::Connected).is_err() {
@@ -349,42 +484,30 @@ async fn run(
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(token) = inflight.remove(&ack.pkid)
+                        if let Some(token) = tracker.on_puback(ack.pkid, &ack.reason)
                             && events.send(LinkEvent::Acked(token)).is_err() {
                                 return;
                             }
                     }
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
-                        if let Some(token) = unassigned.pop_front() {
-                            inflight.insert(pkid, token);
-                        }
-                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => tracker.on_sent(pkid),
                     Ok(_) => {}
                     Err(e) => break e.to_string(),
                 },
                 cmd = cmds.recv() => match cmd {
                     None => return,
                     Some(Command::Subscribe(f)) => {
-                        if connected {
+                        if connected.is_some() {
                             let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
                         }
                         if !config.subscriptions.contains(&f) {
                             config.subscriptions.push(f);
                         }
                     }
-                    Some(Command::Publish { token, topic, payload, retain, expiry_s }) => {
-                        if !connected {
-                            continue;
-                        }
-                        let props = PublishProperties {
-                            message_expiry_interval: expiry_s,
-                            ..Default::default()
-                        };
-                        if client
-                            .try_publish_with_properties(topic, QoS::AtLeastOnce, retain, payload, props)
-                            .is_ok()
-                        {
-                            unassigned.push_back(token);
+                    Some(Command::Publish { connection, publish }) => {
+                        // Not connected, or meant for an earlier connection: the publisher
+                        // re-sends after Connected.
+                        if connected.is_some() && connection.is_none_or(|c| Some(c) == connected) {
+                            tracker.push(publish);
                         }
                     }
                 },
@@ -420,6 +543,78 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn publish(token: u64, topic: &str) -> Publish {
+        Publish {
+            token,
+            topic: topic.into(),
+            payload: vec![token as u8],
+            retain: false,
+            expiry_s: None,
+        }
+    }
+
+    #[test]
+    fn a_full_request_queue_delays_publishes_in_order_and_drops_none() {
+        let mut t = Tracker::default();
+        for token in 1..=5 {
+            t.push(publish(token, "p1c/v1/ch/x"));
+        }
+        // rumqttc takes two, then its queue is full.
+        let mut taken = Vec::new();
+        t.flush(|p| {
+            if taken.len() < 2 {
+                taken.push(p.token);
+                true
+            } else {
+                false
+            }
+        });
+        assert_eq!(taken, vec![1, 2]);
+        // A later publish queues behind the waiting ones.
+        t.push(publish(6, "p1c/v1/ch/x"));
+        t.flush(|p| {
+            taken.push(p.token);
+            true
+        });
+        assert_eq!(taken, vec![1, 2, 3, 4, 5, 6]);
+        // Packet ids are assigned in the order rumqttc took them; acks map back to tokens.
+        for pkid in 1..=6u16 {
+            t.on_sent(pkid);
+        }
+        assert_eq!(t.on_puback(3, &PubAckReason::Success), Some(3));
+        assert_eq!(
+            t.on_puback(1, &PubAckReason::NoMatchingSubscribers),
+            Some(1)
+        );
+        assert_eq!(t.on_puback(3, &PubAckReason::Success), None, "acked once");
+    }
+
+    #[test]
+    fn a_refused_publish_is_not_reported_as_acknowledged() {
+        let mut t = Tracker::default();
+        t.push(publish(7, "p1c/v1/ch/x"));
+        t.push(publish(8, "p1c/v1/ch/x"));
+        t.flush(|_| true);
+        t.on_sent(1);
+        t.on_sent(2);
+        assert_eq!(t.on_puback(1, &PubAckReason::QuotaExceeded), None);
+        assert_eq!(t.on_puback(2, &PubAckReason::NotAuthorized), None);
+        assert!(t.inflight.is_empty());
+    }
+
+    #[test]
+    fn a_topic_rumqttc_cannot_take_does_not_block_the_queue() {
+        let mut t = Tracker::default();
+        t.push(publish(1, "p1c/v1/ch/+"));
+        t.push(publish(2, "p1c/v1/ch/x"));
+        let mut taken = Vec::new();
+        t.flush(|p| {
+            taken.push(p.token);
+            true
+        });
+        assert_eq!(taken, vec![2]);
+    }
 
     #[test]
     fn broker_urls_parse_strictly() {

@@ -86,6 +86,13 @@ impl Mosquitto {
         );
         f.write_all(text.as_bytes())
             .unwrap_or_else(|e| panic!("config: {e}"));
+        // Started as root, mosquitto switches to the `mosquitto` user, which cannot write in
+        // this private directory: no persistence file (sessions and queued messages are lost
+        // on restart) and no log. Keep the user that owns the directory.
+        if owned_by_root(self.dir.path()) {
+            f.write_all(b"user root\n")
+                .unwrap_or_else(|e| panic!("config: {e}"));
+        }
         let child = Command::new(find_mosquitto())
             .arg("-c")
             .arg(&conf)
@@ -156,6 +163,17 @@ impl Mosquitto {
     }
 }
 
+#[cfg(unix)]
+fn owned_by_root(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.uid() == 0)
+}
+
+#[cfg(not(unix))]
+fn owned_by_root(_dir: &Path) -> bool {
+    false
+}
+
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
@@ -175,6 +193,13 @@ mod tests {
         let port = m.port;
         m.stop();
         assert!(m.pid().is_none());
+        // Persistence and log really work (also when the tests run as root).
+        assert!(
+            m.dir().join("mosquitto.db").exists(),
+            "no persistence file; log: {}",
+            m.log()
+        );
+        assert!(m.log().contains("mosquitto version"), "no log");
         m.start_again();
         assert!(TcpStream::connect(("127.0.0.1", m.port)).is_ok());
         drop(m);
