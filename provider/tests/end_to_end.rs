@@ -2,10 +2,7 @@
 //! (simulated meter, external broker), the owner side written with shared's APIs, and the
 //! provider SDK. A spy client captures every message on the broker for assertions.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use p1consent_provider::{
     ConsentPhase, Provider, ProviderEvent, ProviderKeys, ProviderOptions, RequestBuilder,
@@ -16,11 +13,11 @@ use p1consent_shared::{
         Field, FieldSet, OwnerRoot, Resolution, Role, SignedRequest, ThreadEnvelope,
         log::{Event, Grant, LogWriter, Participants, ThreadLog},
     },
-    crypto::{KemSuite, OpaqueId, PublicId, SigningIdentity},
+    crypto::{KemPublicKey, KemSuite, OpaqueId, PublicId, SigningIdentity},
     mqtt::{self, LinkConfig, LinkEvent, LinkHandle, Message},
     topics::{self, InboxItem},
 };
-use p1consent_testkit::Mosquitto;
+use p1consent_testkit::{Mosquitto, Spy, channel_records};
 use pi_agent::{
     config::{AgentConfig, SourceKind},
     identity::DeviceIdentity,
@@ -32,56 +29,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn now_ms() -> u64 {
     p1consent_provider::now_ms()
-}
-
-/// A broker client that records every message under `p1c/v1/#`.
-struct Spy {
-    seen: Arc<Mutex<Vec<Message>>>,
-}
-
-impl Spy {
-    async fn start(url: &str) -> Self {
-        let mut lc = LinkConfig::new(url.parse().unwrap(), "spy");
-        lc.subscriptions = vec![format!("{}/#", topics::PREFIX)];
-        let mut link = mqtt::connect(lc).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let _handle = link.handle;
-            while let Some(ev) = link.events.recv().await {
-                match ev {
-                    LinkEvent::Message(m) => s2.lock().unwrap().push(m),
-                    LinkEvent::Connected => {
-                        let _ = ready_tx.send(());
-                    }
-                    _ => {}
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, ready_rx.recv())
-            .await
-            .expect("spy connects");
-        Self { seen }
-    }
-
-    fn messages(&self) -> Vec<Message> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    async fn wait_until(&self, what: &str, pred: impl Fn(&[Message]) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if pred(&self.messages()) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 /// The owner's MQTT client: publishes retained messages and waits for the broker's ack.
@@ -127,6 +74,27 @@ impl OwnerLink {
             .publish(t, topic, payload, retain, None)
             .unwrap();
         self.wait(|e| *e == LinkEvent::Acked(t)).await;
+    }
+
+    /// Creates thread `tid` for its members (role, KEM key, and the identity whose inbox gets
+    /// the envelope, if any) and delivers the envelope, as the wallet does.
+    async fn open_thread(
+        &mut self,
+        owner: &SigningIdentity,
+        root: &OwnerRoot,
+        tid: OpaqueId,
+        members: &[(Role, &KemPublicKey, Option<&PublicId>)],
+    ) {
+        let recipients: Vec<(Role, &KemPublicKey)> =
+            members.iter().map(|(role, kem, _)| (*role, *kem)).collect();
+        let env = ThreadEnvelope::create(owner, root, tid, &recipients).unwrap();
+        for inbox in members.iter().filter_map(|(_, _, inbox)| *inbox) {
+            self.publish(
+                topics::inbox(&inbox.opaque_id(), &InboxItem::Thread(tid)),
+                env.clone(),
+            )
+            .await;
+        }
     }
 }
 
@@ -194,19 +162,11 @@ fn options() -> ProviderOptions {
     }
 }
 
-fn channel_records(msgs: &[Message], ch: &OpaqueId) -> Vec<Vec<u8>> {
-    let t = topics::channel(ch);
-    msgs.iter()
-        .filter(|m| m.topic == t && !m.payload.is_empty())
-        .map(|m| m.payload.clone())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grant_read_restart_revoke_erase_with_real_agent() {
     let broker = Mosquitto::start();
     let url = broker.url();
-    let spy = Spy::start(&url).await;
+    let spy = Spy::start(&url, "spy").await;
     let agent_dir = tempfile::tempdir().unwrap();
     let provider_dir = tempfile::tempdir().unwrap();
 
@@ -219,16 +179,11 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
 
     // Device thread: envelope to the device, DevicePaired.
     let dtid = root.device_thread_id(&device);
-    let denv = ThreadEnvelope::create(
+    ol.open_thread(
         &owner,
         &root,
         dtid,
-        &[(Role::Device, device_id.kem.public())],
-    )
-    .unwrap();
-    ol.publish(
-        topics::inbox(&device.opaque_id(), &InboxItem::Thread(dtid)),
-        denv,
+        &[(Role::Device, device_id.kem.public(), Some(&device))],
     )
     .await;
     let mut dw = LogWriter::new(dtid, Role::Owner);
@@ -276,24 +231,14 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
 
     // Grant: consent thread to device and provider, ConsentGranted.
     let ctid = root.consent_thread_id(&device, &keys.public());
-    let cenv = ThreadEnvelope::create(
+    ol.open_thread(
         &owner,
         &root,
         ctid,
         &[
-            (Role::Device, device_id.kem.public()),
-            (Role::Provider, keys.kem_public()),
+            (Role::Device, device_id.kem.public(), Some(&device)),
+            (Role::Provider, keys.kem_public(), Some(&keys.public())),
         ],
-    )
-    .unwrap();
-    ol.publish(
-        topics::inbox(&device.opaque_id(), &InboxItem::Thread(ctid)),
-        cenv.clone(),
-    )
-    .await;
-    ol.publish(
-        topics::inbox(&keys.public().opaque_id(), &InboxItem::Thread(ctid)),
-        cenv,
     )
     .await;
     let ckey = root.thread_key(&ctid);
@@ -456,24 +401,14 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
     })
     .await;
     let ctid_b = root.consent_thread_id(&device, &keys_b.public());
-    let env_b = ThreadEnvelope::create(
+    ol.open_thread(
         &owner,
         &root,
         ctid_b,
         &[
-            (Role::Device, device_id.kem.public()),
-            (Role::Provider, keys_b.kem_public()),
+            (Role::Device, device_id.kem.public(), Some(&device)),
+            (Role::Provider, keys_b.kem_public(), Some(&keys_b.public())),
         ],
-    )
-    .unwrap();
-    ol.publish(
-        topics::inbox(&device.opaque_id(), &InboxItem::Thread(ctid_b)),
-        env_b.clone(),
-    )
-    .await;
-    ol.publish(
-        topics::inbox(&keys_b.public().opaque_id(), &InboxItem::Thread(ctid_b)),
-        env_b,
     )
     .await;
     let grant_b = Grant::new(
@@ -758,16 +693,11 @@ async fn cli_listen_prints_readings_and_exits_on_expiry() {
     let device = device_id.public();
     let mut ol = OwnerLink::connect(&url).await;
     let dtid = root.device_thread_id(&device);
-    let denv = ThreadEnvelope::create(
+    ol.open_thread(
         &owner,
         &root,
         dtid,
-        &[(Role::Device, device_id.kem.public())],
-    )
-    .unwrap();
-    ol.publish(
-        topics::inbox(&device.opaque_id(), &InboxItem::Thread(dtid)),
-        denv,
+        &[(Role::Device, device_id.kem.public(), Some(&device))],
     )
     .await;
     let paired = LogWriter::new(dtid, Role::Owner)
@@ -826,24 +756,14 @@ async fn cli_listen_prints_readings_and_exits_on_expiry() {
     let err_task = tokio::task::spawn_blocking(move || std::io::read_to_string(stderr));
 
     let ctid = root.consent_thread_id(&device, &keys.public());
-    let cenv = ThreadEnvelope::create(
+    ol.open_thread(
         &owner,
         &root,
         ctid,
         &[
-            (Role::Device, device_id.kem.public()),
-            (Role::Provider, keys.kem_public()),
+            (Role::Device, device_id.kem.public(), Some(&device)),
+            (Role::Provider, keys.kem_public(), Some(&keys.public())),
         ],
-    )
-    .unwrap();
-    ol.publish(
-        topics::inbox(&device.opaque_id(), &InboxItem::Thread(ctid)),
-        cenv.clone(),
-    )
-    .await;
-    ol.publish(
-        topics::inbox(&keys.public().opaque_id(), &InboxItem::Thread(ctid)),
-        cenv,
     )
     .await;
     let expires_at = now_ms() / 1000 + 6;
@@ -928,19 +848,15 @@ async fn gap_is_reported_inside_the_stream_not_before_it() {
     .await;
 
     let ctid = root.consent_thread_id(&device.public(), &keys.public());
-    let cenv = ThreadEnvelope::create(
+    // No agent here: only the provider's inbox gets the envelope.
+    ol.open_thread(
         &owner,
         &root,
         ctid,
         &[
-            (Role::Device, device_kem.public()),
-            (Role::Provider, keys.kem_public()),
+            (Role::Device, device_kem.public(), None),
+            (Role::Provider, keys.kem_public(), Some(&keys.public())),
         ],
-    )
-    .unwrap();
-    ol.publish(
-        topics::inbox(&keys.public().opaque_id(), &InboxItem::Thread(ctid)),
-        cenv,
     )
     .await;
     let grant = Grant::new(

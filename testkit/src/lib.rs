@@ -4,6 +4,9 @@
 //! A missing `mosquitto` binary is a test failure with a clear message, never a silent pass:
 //! `.ci/run` installs it (`apt-get install mosquitto`).
 
+pub mod spy;
+pub use spy::{Spy, WAIT, channel_records, wait_for};
+
 use std::{
     io::Write,
     net::{TcpListener, TcpStream},

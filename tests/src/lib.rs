@@ -9,9 +9,8 @@
 
 use std::{
     collections::BTreeSet,
-    future::Future,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -20,23 +19,20 @@ use p1consent_shared::{
     channel::{self, ChannelReader, OpenError, Opened, RecordKind},
     consent::{FieldSet, Resolution, SignedRequest},
     crypto::{KemSuite, OpaqueId, PublicId},
-    mqtt::{self, LinkConfig, LinkEvent, Message},
     topics::{self, InboxItem},
 };
 use p1consent_testkit::Mosquitto;
+pub use p1consent_testkit::{Spy, WAIT, channel_records, wait_for};
 use p1consent_wallet::{Wallet, WalletOptions, wallet::GrantScope};
 use pi_agent::{
     config::{AgentConfig, SourceKind},
     identity::DeviceIdentity,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 pub use p1consent_provider as provider;
 pub use p1consent_shared as shared;
 pub use p1consent_wallet as wallet;
-
-/// Deadline of every wait for a condition (generous: a loaded 2-core CI machine).
-pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Which broker the scenario runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,22 +77,6 @@ pub fn capture_file() -> PathBuf {
 
 pub fn now_s() -> u64 {
     p1consent_wallet::wallet::now_s()
-}
-
-/// Polls `f` until it returns `Some`, failing the test after [`WAIT`].
-pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 // ------------------------------------------------------------------------------- meter pipe
@@ -158,78 +138,6 @@ pub fn simulated_telegrams(start_ms: u64, step_ms: u64, count: u64) -> Vec<(u64,
             let t = start_ms + i * step_ms;
             (t, sim.next_telegram(t))
         })
-        .collect()
-}
-
-// ------------------------------------------------------------------------------- spy
-
-/// A broker client that records every message under `p1c/v1/#` (what a broker operator, or
-/// anyone with broker access, can capture).
-pub struct Spy {
-    seen: Arc<Mutex<Vec<Message>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Spy {
-    pub async fn start(url: &str, name: &str) -> Self {
-        let mut lc = LinkConfig::new(url.parse().expect("broker url"), name);
-        lc.subscriptions = vec![format!("{}/#", topics::PREFIX)];
-        let mut link = mqtt::connect(lc).expect("spy link");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            let _handle = link.handle;
-            while let Some(ev) = link.events.recv().await {
-                match ev {
-                    LinkEvent::Message(m) => s2.lock().expect("spy lock").push(m),
-                    LinkEvent::Connected => {
-                        let _ = ready_tx.send(());
-                    }
-                    _ => {}
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, ready_rx.recv())
-            .await
-            .expect("spy connects");
-        Self { seen, task }
-    }
-
-    pub fn messages(&self) -> Vec<Message> {
-        self.seen.lock().expect("spy lock").clone()
-    }
-
-    pub async fn wait_until(&self, what: &str, pred: impl Fn(&[Message]) -> bool) {
-        wait_for(what, || async { pred(&self.messages()).then_some(()) }).await
-    }
-
-    /// Non-empty payloads seen on a channel's record topic, in arrival order.
-    pub fn channel_records(&self, ch: &OpaqueId) -> Vec<Vec<u8>> {
-        channel_records(&self.messages(), ch)
-    }
-
-    /// The last non-empty payload seen on `topic`.
-    pub fn last_payload(&self, topic: &str) -> Option<Vec<u8>> {
-        self.messages()
-            .into_iter()
-            .rev()
-            .find(|m| m.topic == topic && !m.payload.is_empty())
-            .map(|m| m.payload)
-    }
-}
-
-impl Drop for Spy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-pub fn channel_records(msgs: &[Message], ch: &OpaqueId) -> Vec<Vec<u8>> {
-    let t = topics::channel(ch);
-    msgs.iter()
-        .filter(|m| m.topic == t && !m.payload.is_empty())
-        .map(|m| m.payload.clone())
         .collect()
 }
 

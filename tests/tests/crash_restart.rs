@@ -125,7 +125,7 @@ fn rotation_seqs(records: &[Vec<u8>], ch: &OpaqueId) -> Vec<u64> {
 async fn kill9_while_streaming_loses_and_repeats_nothing() {
     let broker = Mosquitto::start();
     let url = broker.url();
-    let spy = Spy::start(&url, "spy-kill9").await;
+    let spy = Spy::start_persistent(&url, "spy-kill9").await;
     let dir = tempfile::tempdir().unwrap();
     let owner_id = SigningIdentity::generate();
     let (mut agent, device_id) = AgentProcess::prepare(dir.path(), &url, &owner_id.public(), 100);
@@ -225,7 +225,7 @@ async fn kill9_while_streaming_loses_and_repeats_nothing() {
 async fn kill9_during_rotation_completes_it() {
     let broker = Mosquitto::start();
     let url = broker.url();
-    let spy = Spy::start(&url, "spy-rotation").await;
+    let spy = Spy::start_persistent(&url, "spy-rotation").await;
     let dir = tempfile::tempdir().unwrap();
     let owner_id = SigningIdentity::generate();
     let (mut agent, device_id) = AgentProcess::prepare(dir.path(), &url, &owner_id.public(), 100);
@@ -391,7 +391,7 @@ async fn kill9_during_rotation_completes_it() {
 async fn broker_restart_while_streaming_loses_and_repeats_nothing() {
     let mut broker = Mosquitto::start();
     let url = broker.url();
-    let spy = Spy::start(&url, "spy-broker").await;
+    let spy = Spy::start_persistent(&url, "spy-broker").await;
     let dir = tempfile::tempdir().unwrap();
     let owner_id = SigningIdentity::generate();
     let (mut agent, device_id) = AgentProcess::prepare(dir.path(), &url, &owner_id.public(), 100);
@@ -560,7 +560,7 @@ async fn measure_agent() {
         .unwrap_or(30);
     let broker = Mosquitto::start();
     let url = broker.url();
-    let spy = Spy::start(&url, "spy-measure").await;
+    let spy = Spy::start_persistent(&url, "spy-measure").await;
     let dir = tempfile::tempdir().unwrap();
     let owner_id = SigningIdentity::generate();
     let (mut agent, device_id) = AgentProcess::prepare(dir.path(), &url, &owner_id.public(), 1000);

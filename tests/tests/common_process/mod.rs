@@ -25,7 +25,7 @@ use p1consent_shared::{
         log::{Event, Grant, LogWriter},
     },
     crypto::{KemSuite, OpaqueId, PublicId, SigningIdentity},
-    mqtt::{self, LinkConfig, LinkEvent, LinkHandle, Message},
+    mqtt::{self, LinkConfig, LinkEvent, LinkHandle},
     topics::{self, InboxItem},
 };
 use pi_agent::{identity::DeviceIdentity, store::Store};
@@ -277,87 +277,7 @@ impl Drop for AgentProcess {
     }
 }
 
-// ------------------------------------------------------------------------ spy
-
-/// Records every message under `p1c/v1/#`, with a persistent session so that a broker
-/// restart loses nothing the broker kept.
-pub struct Spy {
-    seen: Arc<Mutex<Vec<Message>>>,
-}
-
-impl Spy {
-    pub async fn start(url: &str, client_id: &str) -> Self {
-        let mut lc = LinkConfig::new(url.parse().unwrap(), client_id);
-        lc.subscriptions = vec![format!("{}/#", topics::PREFIX)];
-        lc.session_expiry_s = Some(3600);
-        let mut link = mqtt::connect(lc).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let _handle = link.handle;
-            while let Some(ev) = link.events.recv().await {
-                match ev {
-                    LinkEvent::Message(m) => s2.lock().unwrap().push(m),
-                    LinkEvent::Connected => {
-                        let _ = ready_tx.send(());
-                    }
-                    _ => {}
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, ready_rx.recv())
-            .await
-            .expect("spy connects");
-        Self { seen }
-    }
-
-    pub fn messages(&self) -> Vec<Message> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    pub async fn wait_until(&self, what: &str, pred: impl Fn(&[Message]) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if pred(&self.messages()) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The highest seq captured on a channel (without copying the capture).
-    pub fn max_channel_seq(&self, ch: &OpaqueId) -> Option<u64> {
-        let t = topics::channel(ch);
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .filter(|m| m.topic == t && !m.payload.is_empty())
-            .take(64)
-            .filter_map(|m| channel::peek(&m.payload).ok())
-            .map(|h| h.seq)
-            .max()
-    }
-
-    /// Channel records (not the retained epoch copies), in arrival order.
-    pub fn channel_records(&self, ch: &OpaqueId) -> Vec<Vec<u8>> {
-        channel_records(&self.messages(), ch)
-    }
-}
-
-pub fn channel_records(msgs: &[Message], ch: &OpaqueId) -> Vec<Vec<u8>> {
-    let t = topics::channel(ch);
-    msgs.iter()
-        .filter(|m| m.topic == t && !m.payload.is_empty())
-        .map(|m| m.payload.clone())
-        .collect()
-}
+pub use p1consent_scenarios::{Spy, channel_records};
 
 pub fn max_seq(records: &[Vec<u8>]) -> Option<u64> {
     records

@@ -1,11 +1,7 @@
 //! Shared test parts: a real pi-agent in-process, a provider making requests, waiting.
 #![allow(dead_code)]
 
-use std::{
-    future::Future,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
 use p1consent_shared::{
     consent::{Field, FieldSet, RequestDraft, Resolution, SignedRequest},
@@ -91,21 +87,7 @@ macro_rules! wait_until {
     }};
 }
 
-/// Polls `f` until it returns `Some`, failing the test after [`WAIT`].
-pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use p1consent_testkit::wait_for;
 
 pub fn opts(timeout_s: u64) -> WalletOptions {
     WalletOptions {
