@@ -149,6 +149,7 @@ impl Agent {
             cfg.pairing.max_attempts_per_minute,
         );
         let mut status = Status::new(id.public());
+        status.broker_hint = Some(broker_hint.clone());
         status.paired_owner = follower.as_ref().map(|f| f.owner().to_hex());
         let outbox_depth = store.outbox_len()?;
         Ok(Self {

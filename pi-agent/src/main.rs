@@ -177,11 +177,20 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 cfg.kem_suite().map_err(|e| e.to_string())?,
             )
             .map_err(|e| e.to_string())?;
-            let now = pi_agent::source::now_unix_ms() / 1000;
+            let now_ms = pi_agent::source::now_unix_ms();
+            let now = now_ms / 1000;
+            // A running agent knows its real broker address (a `run --listen` or `--advertise`
+            // the config file does not have); without one, the configuration decides.
+            let running_hint = std::fs::read_to_string(cfg.status_path())
+                .ok()
+                .and_then(|text| serde_json::from_str::<Status>(&text).ok())
+                .filter(|s| !s.is_stale(now_ms))
+                .and_then(|s| s.broker_hint);
+            let hint = running_hint.unwrap_or_else(|| agent::broker_hint(&cfg));
             let link = pairing::new_offer(
                 &cfg.offer_path(),
                 id.public(),
-                &agent::broker_hint(&cfg),
+                &hint,
                 &cfg.pairing.label,
                 now + cfg.pairing.offer_ttl_s,
             )?;

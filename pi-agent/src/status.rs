@@ -29,12 +29,21 @@ pub struct Status {
     pub sealed: u64,
     pub paired_owner: Option<String>,
     pub pairing_link: Option<String>,
+    /// The broker address the running agent puts in pairing codes (so `pi-agent pair` gives
+    /// the same one, including a `run --listen` port the config file does not know).
+    #[serde(default)]
+    pub broker_hint: Option<String>,
     pub broker_connected: bool,
     pub outbox_depth: u64,
     pub consents: Vec<ConsentStatusLine>,
 }
 
 impl Status {
+    /// No report for 10 s (it is written every 2 s): the agent is not running.
+    pub fn is_stale(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.updated_ms) > 10_000
+    }
+
     pub fn new(device: PublicId) -> Self {
         Self {
             device: device.to_hex(),
@@ -55,7 +64,7 @@ impl Status {
             }
         };
         out.push_str(&format!("Device        {}\n", self.device_id));
-        let stale = now_ms.saturating_sub(self.updated_ms) > 10_000;
+        let stale = self.is_stale(now_ms);
         out.push_str(&format!(
             "Agent         {}\n",
             if stale {
