@@ -71,7 +71,7 @@ pub struct ProvidersReport {
 
 enum Slot {
     Waiting(Vec<Vec<u8>>),
-    Open(ChannelReader),
+    Open(Box<ChannelReader>),
 }
 
 enum Work {
@@ -104,7 +104,7 @@ impl Shard {
             }
         };
         self.report.deliveries_ok += 1;
-        let waiting = match self.slots.insert((j, i), Slot::Open(reader)) {
+        let waiting = match self.slots.insert((j, i), Slot::Open(Box::new(reader))) {
             Some(Slot::Waiting(w)) => w,
             _ => Vec::new(),
         };
