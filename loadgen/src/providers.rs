@@ -30,6 +30,8 @@ use crate::{LoadError, ids::Ids, meters::new_histogram, report::LatencySummary, 
 
 /// Records held for a channel whose key delivery has not arrived yet.
 const MAX_PENDING: usize = 64;
+/// First record seq counted in the steady-state latency.
+const STEADY_FROM_SEQ: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct ProvidersArgs {
@@ -65,6 +67,9 @@ pub struct ProvidersReport {
     pub unroutable: u64,
     /// Produced (device timestamp) → opened plaintext.
     pub latency: LatencySummary,
+    /// The same from each meter's record seq 5 on: without the start, when records queue
+    /// behind the key deliveries being unwrapped.
+    pub latency_steady: LatencySummary,
     pub first_open_unix_ms: u64,
     pub last_open_unix_ms: u64,
 }
@@ -87,6 +92,7 @@ struct Shard {
     report: ProvidersReport,
     opened: HashMap<(u64, u64), u64>,
     latency: Histogram<u64>,
+    latency_steady: Histogram<u64>,
 }
 
 impl Shard {
@@ -139,12 +145,16 @@ impl Shard {
         };
         match result {
             Ok(Opened::Data {
+                seq,
                 timestamp_ms,
                 plaintext,
                 ..
             }) => {
                 let latency = unix_us().saturating_sub(timestamp_ms.saturating_mul(1000));
                 self.latency.saturating_record(latency.max(1));
+                if seq >= STEADY_FROM_SEQ {
+                    self.latency_steady.saturating_record(latency.max(1));
+                }
                 if ViewPayload::from_bytes(&plaintext).is_err() {
                     self.report.decode_errors += 1;
                 }
@@ -214,6 +224,7 @@ pub async fn run_providers(
             report: ProvidersReport::default(),
             opened: HashMap::new(),
             latency: new_histogram()?,
+            latency_steady: new_histogram()?,
         };
         shard_tx.push(tx);
         shard_tasks.push(tokio::spawn(async move {
@@ -350,6 +361,7 @@ pub async fn run_providers(
         ..Default::default()
     };
     let mut latency = new_histogram()?;
+    let mut latency_steady = new_histogram()?;
     for t in shard_tasks {
         let Ok(s) = t.await else {
             return Err(LoadError::Result {
@@ -388,7 +400,9 @@ pub async fn run_providers(
             }
         }
         let _ = latency.add(&s.latency);
+        let _ = latency_steady.add(&s.latency_steady);
     }
     report.latency = LatencySummary::from_histogram(&latency);
+    report.latency_steady = LatencySummary::from_histogram(&latency_steady);
     Ok(report)
 }

@@ -334,6 +334,11 @@ pub fn run(args: &RunArgs) -> Result<RunReport, LoadError> {
         })?,
     };
     let meters_report: MetersReport = parse_result(&meters_line, "meters")?;
+    // Last readings of the providers and the broker while the providers still run (after
+    // their result they are tearing down).
+    for s in &mut series[1..] {
+        s.take();
+    }
 
     // Let the providers drain, then stop them; they report when idle.
     if let Some(stdin) = providers.child()?.stdin.as_mut() {
@@ -343,9 +348,6 @@ pub fn run(args: &RunArgs) -> Result<RunReport, LoadError> {
     let prov_line = wait_line(&prov_out, "providers", Duration::from_secs(120), |l| {
         l.starts_with(RESULT_PREFIX)
     })?;
-    for s in &mut series[1..] {
-        s.take();
-    }
     let providers_report: ProvidersReport = parse_result(&prov_line, "providers")?;
     let _ = providers.child()?.wait();
 
