@@ -339,6 +339,9 @@ pub fn connect(config: LinkConfig) -> Result<Link, UrlError> {
 fn options(config: &LinkConfig) -> MqttOptions {
     let mut o = MqttOptions::new(&config.client_id, &config.url.host, config.url.port);
     o.set_keep_alive(Duration::from_secs(15));
+    // rumqttc preallocates one slot per allowed in-flight publish (default 65,535: ~13 MB per
+    // connection); the agent's outbox window (256) is the most any party keeps in flight.
+    o.set_outgoing_inflight_upper_limit(256);
     o.set_clean_start(config.session_expiry_s.is_none());
     o.set_session_expiry_interval(config.session_expiry_s);
     let limit = u32::try_from(config.max_payload.saturating_add(64 * 1024)).unwrap_or(u32::MAX);
