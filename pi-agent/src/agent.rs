@@ -333,6 +333,7 @@ impl Agent {
                 self.pump.on_disconnected();
             }
             LinkEvent::Acked(token) => self.pump.on_acked(token),
+            LinkEvent::Subscribed(_) => {}
             LinkEvent::Dropped { topic, size } => {
                 tracing::warn!(%topic, size, "oversize message from the broker dropped");
             }

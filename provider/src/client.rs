@@ -248,6 +248,9 @@ pub struct Provider {
     handle: LinkHandle,
     events: mpsc::UnboundedReceiver<LinkEvent>,
     queue: VecDeque<ProviderEvent>,
+    /// `KeyReceived` events held until the broker confirms the channel subscription, so a
+    /// caller who acts on them (starts the meter, tells the owner) misses no record.
+    awaiting_subscription: HashMap<String, Vec<ProviderEvent>>,
     threads: HashMap<OpaqueId, Thread>,
     consents: BTreeMap<OpaqueId, ConsentInfo>,
     readers: HashMap<OpaqueId, ChannelReader>,
@@ -393,6 +396,7 @@ impl Provider {
             handle: link.handle,
             events: link.events,
             queue: VecDeque::new(),
+            awaiting_subscription: HashMap::new(),
             threads: HashMap::new(),
             consents,
             readers,
@@ -526,6 +530,11 @@ impl Provider {
             }
             LinkEvent::Dropped { topic, size } => {
                 self.reject(None, &topic, format!("oversize message ({size} bytes)"));
+            }
+            LinkEvent::Subscribed(filter) => {
+                if let Some(held) = self.awaiting_subscription.remove(&filter) {
+                    self.queue.extend(held);
+                }
             }
             LinkEvent::Message(m) => {
                 if m.payload.is_empty() {
@@ -935,11 +944,14 @@ impl Provider {
         }
         self.readers.insert(cid, reader);
         self.dirty = true;
-        self.queue.push_back(ProviderEvent::KeyReceived {
-            consent: cid,
-            channel,
-            epoch,
-        });
+        self.awaiting_subscription
+            .entry(topics::channel(&channel))
+            .or_default()
+            .push(ProviderEvent::KeyReceived {
+                consent: cid,
+                channel,
+                epoch,
+            });
     }
 
     fn on_record(&mut self, topic: &str, ch: OpaqueId, is_epoch: bool, payload: &[u8]) {

@@ -27,7 +27,7 @@ use rumqttc::v5::{
     AsyncClient, Event, MqttOptions,
     mqttbytes::{
         QoS,
-        v5::{Packet, PubAckReason, PublishProperties},
+        v5::{Packet, PubAckReason, PublishProperties, SubscribeReasonCode},
         valid_topic,
     },
 };
@@ -190,6 +190,9 @@ pub enum LinkEvent {
         topic: String,
         size: usize,
     },
+    /// The broker confirmed a subscription to this filter (again after every reconnect):
+    /// from now on it delivers what is published there.
+    Subscribed(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,6 +445,15 @@ async fn run(
     loop {
         let (client, mut eventloop) = AsyncClient::new(options(&config), 1024);
         let mut tracker = Tracker::default();
+        // Subscriptions handed to rumqttc, in order, until it assigns a packet id; then by id
+        // until the broker's SUBACK.
+        let mut subs_unassigned: VecDeque<String> = VecDeque::new();
+        let mut subs_inflight: HashMap<u16, String> = HashMap::new();
+        let subscribe = |f: &String, unassigned: &mut VecDeque<String>| {
+            if client.try_subscribe(f.clone(), QoS::AtLeastOnce).is_ok() {
+                unassigned.push_back(f.clone());
+            }
+        };
         // This connection's number once the broker accepted it.
         let mut connected: Option<u64> = None;
         let reason = loop {
@@ -464,7 +476,7 @@ async fn run(
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         for f in &config.subscriptions {
-                            let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                            subscribe(f, &mut subs_unassigned);
                         }
                         connected = Some(connections.fetch_add(1, Ordering::SeqCst) + 1);
                         backoff = config.backoff.0;
@@ -493,6 +505,23 @@ async fn run(
                             }
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => tracker.on_sent(pkid),
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Subscribe(pkid))) => {
+                        if let Some(f) = subs_unassigned.pop_front() {
+                            subs_inflight.insert(pkid, f);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        let granted = ack
+                            .return_codes
+                            .iter()
+                            .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                        if let Some(f) = subs_inflight.remove(&ack.pkid)
+                            && granted
+                            && events.send(LinkEvent::Subscribed(f)).is_err()
+                        {
+                            return;
+                        }
+                    }
                     Ok(_) => {}
                     Err(e) => break e.to_string(),
                 },
@@ -500,7 +529,7 @@ async fn run(
                     None => return,
                     Some(Command::Subscribe(f)) => {
                         if connected.is_some() {
-                            let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                            subscribe(&f, &mut subs_unassigned);
                         }
                         if !config.subscriptions.contains(&f) {
                             config.subscriptions.push(f);
