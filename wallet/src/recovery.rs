@@ -9,7 +9,7 @@
 //! ```text
 //! magic "P1CRKIT\0" (8) | version 0x01 | suite 0x01 (Argon2id v0x13 + XChaCha20-Poly1305) |
 //! m_cost_kib u32 | t_cost u32 | p_cost u32 | salt [16] | nonce [24] |
-//! XChaCha20-Poly1305(key = Argon2id(passphrase, salt), aad = all 58 bytes before, payload)
+//! XChaCha20-Poly1305(key = Argon2id(passphrase, salt), aad = all 62 bytes before, payload)
 //! payload: Ed25519 seed [32] | KEM suite u8 | KEM seed [32] | broker length u16 | broker UTF-8
 //! ```
 //!
