@@ -389,11 +389,13 @@ impl AppCore {
     }
 
     /// Takes over the identity in the recovery kit at `path` (this folder must have no
-    /// wallet yet), then rebuilds the state from the signed logs on the broker.
+    /// wallet yet), then rebuilds the state from the signed logs on the broker: `broker` if
+    /// given (a kit saved before the first pairing knows none), else the kit's.
     pub async fn import_recovery(
         &self,
         path: String,
         passphrase: String,
+        broker: Option<String>,
     ) -> CmdResult<RestoreReport> {
         let passphrase = Zeroizing::new(passphrase);
         let path = user_path(&path)?;
@@ -407,7 +409,10 @@ impl AppCore {
                 .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
             let mut opts = self.opts.clone();
             if opts.broker.is_none() {
-                opts.broker = kit.broker.clone();
+                opts.broker = broker
+                    .map(|b| b.trim().to_string())
+                    .filter(|b| !b.is_empty())
+                    .or_else(|| kit.broker.clone());
             }
             let w = Wallet::init_with_identity(
                 &self.dir,

@@ -110,8 +110,9 @@ async fn import_recovery(
     core: State<'_, AppCore>,
     path: String,
     passphrase: String,
+    broker: Option<String>,
 ) -> CmdResult<RestoreReport> {
-    core.import_recovery(path, passphrase).await
+    core.import_recovery(path, passphrase, broker).await
 }
 
 #[tauri::command]

@@ -94,14 +94,14 @@ async fn kit_from_one_device_restores_the_owner_on_another() {
     let b_dir = tempfile::tempdir().unwrap();
     let b = core(b_dir.path(), None);
     let err = b
-        .import_recovery(kit.clone(), "a wrong passphrase".into())
+        .import_recovery(kit.clone(), "a wrong passphrase".into(), None)
         .await
         .unwrap_err();
     assert!(err.contains("wrong passphrase"), "{err}");
     assert!(!b.status().await.unwrap().initialised, "nothing restored");
 
     let report = b
-        .import_recovery(kit.clone(), "a long passphrase".into())
+        .import_recovery(kit.clone(), "a long passphrase".into(), None)
         .await
         .expect("import");
     assert_eq!(report.offline, None);
@@ -120,7 +120,7 @@ async fn kit_from_one_device_restores_the_owner_on_another() {
 
     // A second restore into the same folder is refused.
     let err = b
-        .import_recovery(kit.clone(), "a long passphrase".into())
+        .import_recovery(kit.clone(), "a long passphrase".into(), None)
         .await
         .unwrap_err();
     assert!(err.contains("already exists"), "{err}");

@@ -192,6 +192,50 @@ impl Window {
     }
 }
 
+/// The app's environment: its data folder, and a home of its own for the files it writes
+/// besides (desktop entry for the link scheme, WebKit caches).
+fn app_env(home: &Path, data: &Path) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("P1CONSENT_DATA_DIR", data.to_path_buf()),
+        ("HOME", home.to_path_buf()),
+        ("XDG_DATA_HOME", home.join("share")),
+        ("XDG_CONFIG_HOME", home.join("config")),
+        ("XDG_CACHE_HOME", home.join("cache")),
+    ]
+}
+
+/// Runs `steps` in a fresh app window (its own tauri-driver and app process). The steps run
+/// in their own task so that a failed step still closes the window.
+async fn in_window<T, Fut>(env: &[(&'static str, PathBuf)], steps: impl FnOnce(Window) -> Fut) -> T
+where
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let env_refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    let driver = Driver::start(&env_refs);
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "tauri:options".into(),
+        serde_json::json!({ "application": env!("CARGO_BIN_EXE_p1consent-app") }),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url())
+        .await
+        .expect("WebDriver session with the app window");
+    let window = Window {
+        c: client.clone(),
+        shots: screenshot_dir(),
+    };
+    let result = tokio::spawn(steps(window)).await;
+    let _ = client.close().await;
+    drop(driver);
+    match result {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Xvfb, a D-Bus session with gnome-keyring, tauri-driver and WebKitWebDriver: run scripts/test-app-e2e.sh"]
 async fn owner_pairs_approves_sees_data_and_withdraws_in_the_window() {
@@ -204,44 +248,28 @@ async fn owner_pairs_approves_sees_data_and_withdraws_in_the_window() {
 
     let home = tempfile::tempdir().unwrap();
     let data = home.path().join("wallet");
-    let env: Vec<(&str, PathBuf)> = vec![
-        ("P1CONSENT_DATA_DIR", data.clone()),
-        // The app's own files (desktop entry for the link scheme, WebKit caches) stay here.
-        ("HOME", home.path().to_path_buf()),
-        ("XDG_DATA_HOME", home.path().join("share")),
-        ("XDG_CONFIG_HOME", home.path().join("config")),
-        ("XDG_CACHE_HOME", home.path().join("cache")),
-    ];
-    let env_refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
-    let driver = Driver::start(&env_refs);
-
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "tauri:options".into(),
-        serde_json::json!({ "application": env!("CARGO_BIN_EXE_p1consent-app") }),
-    );
-    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&driver.url())
-        .await
-        .expect("WebDriver session with the app window");
-
-    let window = Window {
-        c: client.clone(),
-        shots: screenshot_dir(),
-    };
-    // The scenario runs in its own task so that a failure still closes the window.
     let kit = home.path().join("kit.p1ck");
-    let scenario = tokio::spawn(scenario(window, world, prov, data, kit));
-    let result = scenario.await;
-    let _ = client.close().await;
-    drop(driver);
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    let (d, k) = (data.clone(), kit.clone());
+    let url = world.url.clone();
+    let world = in_window(&app_env(home.path(), &data), move |w| async move {
+        scenario(w, world, prov, d, k).await
+    })
+    .await;
+
+    // Another device: a new home and data folder, restored from the kit.
+    let home2 = tempfile::tempdir().unwrap();
+    let data2 = home2.path().join("wallet");
+    let d2 = data2.clone();
+    in_window(&app_env(home2.path(), &data2), move |w| async move {
+        restore(w, kit, d2, url).await;
+        drop(world);
+    })
+    .await;
 }
 
-async fn scenario(w: Window, world: World, mut prov: Prov, data: PathBuf, kit: PathBuf) {
+/// The owner's first device, from the first start to a withdrawal. Returns the world, which
+/// the restored device reads from.
+async fn scenario(w: Window, world: World, mut prov: Prov, data: PathBuf, kit: PathBuf) -> World {
     // 1. First start: the Welcome page.
     w.wait_text("the welcome page", "#page-title", |t| t == "Welcome")
         .await;
@@ -339,5 +367,33 @@ async fn scenario(w: Window, world: World, mut prov: Prov, data: PathBuf, kit: P
     })
     .await;
     w.shot("07-withdrawn-key-changed").await;
-    drop(world);
+    world
+}
+
+/// A new device restores the wallet from the kit: keys into its keyring, the state from the
+/// signed logs.
+async fn restore(w: Window, kit: PathBuf, data: PathBuf, broker: String) {
+    w.wait_text("the welcome page", "#page-title", |t| t == "Welcome")
+        .await;
+    w.type_into("#restore-path", &kit.display().to_string())
+        .await;
+    w.type_into("#restore-pass", "a long passphrase").await;
+    // The kit was saved at first start, before the pairing taught the wallet its broker.
+    w.type_into("#restore-broker", &broker).await;
+    w.click("#restore").await;
+    w.wait_message("the restore", "Your wallet is restored")
+        .await;
+    keyring::Entry::new(SERVICE, &format!("{}/{SIGNING_SECRET}", data.display()))
+        .expect("keyring entry")
+        .get_secret()
+        .expect("the restored owner key is in gnome-keyring");
+    w.wait_text("the withdrawn consent", "li.card .badge", |t| {
+        t == "Withdrawn"
+    })
+    .await;
+    w.wait_text("the key change", "li.card .key-changed", |t| {
+        t.contains("changed its data key")
+    })
+    .await;
+    w.shot("08-restored-on-another-device").await;
 }

@@ -127,6 +127,7 @@ struct ExportArgs {
 struct ImportArgs {
     path: String,
     passphrase: String,
+    broker: Option<String>,
 }
 #[derive(serde::Serialize)]
 struct RevokeArgs {
@@ -903,11 +904,13 @@ fn KitRestore() -> impl IntoView {
     let ctx = ctx();
     let pass = RwSignal::new(String::new());
     let path = RwSignal::new(String::new());
+    let broker = RwSignal::new(String::new());
     let busy = RwSignal::new(false);
     let restore = move |_| {
         let args = ImportArgs {
             path: path.get_untracked(),
             passphrase: pass.get_untracked(),
+            broker: Some(broker.get_untracked()),
         };
         busy.set(true);
         ctx.ok("Restoring… reading your records back can take up to a minute.");
@@ -951,6 +954,14 @@ fn KitRestore() -> impl IntoView {
             autocomplete="current-password"
             prop:value=move || pass.get()
             on:input=move |ev| pass.set(event_target_value(&ev))
+        />
+        <label for="restore-broker">"Message server address (only if the kit was saved before your first pairing)"</label>
+        <input
+            id="restore-broker"
+            type="text"
+            placeholder="mqtts://broker.example:8883"
+            prop:value=move || broker.get()
+            on:input=move |ev| broker.set(event_target_value(&ev))
         />
         <button
             id="restore"
