@@ -12,8 +12,6 @@ echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
-echo "== the app's real window (Xvfb, tauri-driver, gnome-keyring; about 25 s once built)"
-scripts/test-app-e2e.sh
 echo "== pi-agent for the Raspberry Pi (aarch64)"
 if ensure_aarch64_target; then
     cargo check --locked --target aarch64-unknown-linux-gnu -p pi-agent

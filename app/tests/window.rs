@@ -11,6 +11,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -104,6 +105,8 @@ fn screenshot_dir() -> PathBuf {
 struct Window {
     c: Client,
     shots: PathBuf,
+    /// What the last wait was for (reported when a WebDriver call hangs).
+    step: Arc<Mutex<String>>,
 }
 
 impl Window {
@@ -124,6 +127,7 @@ impl Window {
     /// Waits until the element `css` exists and `ok(text)` holds; fails with the page's
     /// message and a screenshot otherwise.
     async fn wait_text(&self, what: &str, css: &str, ok: impl Fn(&str) -> bool) -> Element {
+        *self.step.lock().unwrap_or_else(|p| p.into_inner()) = what.to_string();
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(e) = self.c.find(Locator::Css(css)).await
@@ -218,21 +222,34 @@ where
         "tauri:options".into(),
         serde_json::json!({ "application": env!("CARGO_BIN_EXE_p1consent-app") }),
     );
-    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&driver.url())
+    let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+    builder.capabilities(caps);
+    let url = driver.url();
+    let client = tokio::time::timeout(WAIT, builder.connect(&url))
         .await
+        .expect("no WebDriver session within the deadline")
         .expect("WebDriver session with the app window");
+    let step = Arc::new(Mutex::new("the start".to_string()));
     let window = Window {
         c: client.clone(),
         shots: screenshot_dir(),
+        step: step.clone(),
     };
-    let result = tokio::spawn(steps(window)).await;
-    let _ = client.close().await;
+    // WebDriver calls have no deadline of their own: a hung one must not hang the test.
+    let task = tokio::spawn(steps(window));
+    let abort = task.abort_handle();
+    let result = tokio::time::timeout(WAIT * 5, task).await;
+    abort.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(20), client.close()).await;
     drop(driver);
     match result {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => panic!(
+            "the window steps did not finish within {:?} (a WebDriver call hung) while waiting for {}",
+            WAIT * 5,
+            step.lock().unwrap_or_else(|p| p.into_inner())
+        ),
     }
 }
 
