@@ -16,6 +16,8 @@ fn main() {
         "audit",
         "receipt",
         "sync",
+        "export_recovery",
+        "import_recovery",
         "take_pending_link",
     ];
     println!("cargo:rerun-if-changed=../tauri.conf.json");

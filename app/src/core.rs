@@ -9,13 +9,19 @@ use std::{
     sync::Arc,
 };
 
+use p1consent_shared::consent::ConsentStatus;
 use p1consent_wallet::{
-    ConsentLine, RequestSummary, SecretStore, Wallet, WalletError, WalletOptions,
+    ConsentLine, KdfParams, RequestSummary, SecretStore, Wallet, WalletError, WalletOptions,
+    recovery,
     summary::date,
     wallet::{PairedSummary, SyncReport, ThreadReport, now_s},
 };
 use serde::Serialize;
 use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+/// File name offered for a recovery kit (in the home folder).
+pub const KIT_FILE_NAME: &str = "p1consent-recovery-kit.p1ck";
 
 /// Makes the secret store of the data directory (the keyring in the app, a file in tests).
 pub type SecretsFactory = Arc<dyn Fn(&Path) -> Box<dyn SecretStore> + Send + Sync>;
@@ -47,6 +53,8 @@ pub struct Status {
     pub broker: Option<String>,
     pub devices: usize,
     pub pending_requests: usize,
+    /// Where a recovery kit is offered to be saved (the home folder).
+    pub kit_hint: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -89,12 +97,26 @@ pub struct ConsentView {
     #[serde(flatten)]
     pub line: ConsentLine,
     pub expires: String,
+    /// The consent has ended and the meter has acknowledged a key change since it delivered
+    /// the key to this provider: nothing sealed from then on can be read by it.
+    pub key_changed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ConsentList {
     pub consents: Vec<ConsentView>,
     /// Set when the broker could not be read: the list is what this wallet last saw.
+    pub offline: Option<String>,
+}
+
+/// What restoring from a recovery kit did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RestoreReport {
+    pub status: Status,
+    /// The state rebuilt from the signed logs on the broker.
+    pub sync: Option<SyncReport>,
+    /// Set when the broker could not be read: the identity is restored, the state follows
+    /// with the next "Check for updates".
     pub offline: Option<String>,
 }
 
@@ -155,6 +177,9 @@ impl AppCore {
             broker: self.opts.broker.clone(),
             devices: 0,
             pending_requests: 0,
+            kit_hint: home_dir()
+                .map(|h| h.join(KIT_FILE_NAME).display().to_string())
+                .unwrap_or_default(),
         };
         let opened = self
             .with(async |w| {
@@ -282,9 +307,20 @@ impl AppCore {
                 .values()
                 .map(|c| {
                     let line = ConsentLine::of(c);
+                    // Epochs, not clocks: the owner's and the meter's clocks may differ.
+                    let rotation = state
+                        .devices
+                        .get(&c.grant.device)
+                        .and_then(|d| d.last_rotation);
+                    let key_changed = c.status != ConsentStatus::Active
+                        && match (c.last_key_delivered, rotation) {
+                            (Some(k), Some(r)) => r.channel_id == k.channel_id && r.epoch > k.epoch,
+                            _ => false,
+                        };
                     ConsentView {
                         expires: date(line.expires_at),
                         line,
+                        key_changed,
                     }
                 })
                 .collect();
@@ -331,6 +367,73 @@ impl AppCore {
         self.with(async |w| w.sync().await.map_err(plain)).await
     }
 
+    /// Saves a recovery kit (the owner's keys, protected with `passphrase`) to `path`.
+    /// Returns the full path written.
+    pub async fn export_recovery(&self, passphrase: String, path: String) -> CmdResult<String> {
+        let passphrase = Zeroizing::new(passphrase);
+        let path = user_path(&path)?;
+        let default_broker = self.opts.broker.clone();
+        self.with(async |w| {
+            let broker = default_broker.or_else(|| w.raw_state().broker.clone());
+            recovery::save(
+                &path,
+                w.identity(),
+                broker.as_deref(),
+                &passphrase,
+                KdfParams::default(),
+            )
+            .map_err(|e| e.to_string())
+        })
+        .await?;
+        Ok(path.display().to_string())
+    }
+
+    /// Takes over the identity in the recovery kit at `path` (this folder must have no
+    /// wallet yet), then rebuilds the state from the signed logs on the broker: `broker` if
+    /// given (a kit saved before the first pairing knows none), else the kit's.
+    pub async fn import_recovery(
+        &self,
+        path: String,
+        passphrase: String,
+        broker: Option<String>,
+    ) -> CmdResult<RestoreReport> {
+        let passphrase = Zeroizing::new(passphrase);
+        let path = user_path(&path)?;
+        let kit = recovery::load(&path, &passphrase).map_err(|e| e.to_string())?;
+        {
+            let mut guard = self.wallet.lock().await;
+            if guard.is_some() {
+                return Err(plain(WalletError::AlreadyInitialised(self.dir.clone())));
+            }
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+            let mut opts = self.opts.clone();
+            if opts.broker.is_none() {
+                opts.broker = broker
+                    .map(|b| b.trim().to_string())
+                    .filter(|b| !b.is_empty())
+                    .or_else(|| kit.broker.clone());
+            }
+            let w = Wallet::init_with_identity(
+                &self.dir,
+                (self.secrets)(&self.dir),
+                kit.identity,
+                opts,
+            )
+            .map_err(plain)?;
+            *guard = Some(w);
+        }
+        let (sync, offline) = match self.sync().await {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e)),
+        };
+        Ok(RestoreReport {
+            status: self.status().await?,
+            sync,
+            offline,
+        })
+    }
+
     /// Remembers a link the app was opened with until the UI takes it.
     pub fn set_pending_link(&self, link: String) {
         *self.pending_link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
@@ -349,4 +452,32 @@ impl AppCore {
 pub fn is_our_link(url: &str) -> bool {
     let u = url.trim();
     u.starts_with("p1consent://request") || u.starts_with("p1consent://pair")
+}
+
+fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+/// A file path typed by the owner: full, or starting with `~/`. A relative path would land
+/// wherever the app happened to start, so it is refused.
+fn user_path(text: &str) -> CmdResult<PathBuf> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("choose a file for the recovery kit".to_string());
+    }
+    let p = match t.strip_prefix("~/") {
+        Some(rest) => home_dir()
+            .ok_or_else(|| "the home folder is not known: give the full path".to_string())?
+            .join(rest),
+        None => PathBuf::from(t),
+    };
+    if !p.is_absolute() {
+        return Err(format!(
+            "give the full path of the file (starting with / or ~/), not {t:?}"
+        ));
+    }
+    Ok(p)
 }

@@ -19,8 +19,8 @@ use p1consent_wallet::{Wallet, WalletOptions, wallet::PairedSummary, wallet::Syn
 use tauri::{AppHandle, Emitter, Manager, State};
 
 use crate::core::{
-    AppCore, Audit, CmdResult, ConsentList, DeviceView, RequestView, SecretsFactory, Status,
-    is_our_link,
+    AppCore, Audit, CmdResult, ConsentList, DeviceView, RequestView, RestoreReport, SecretsFactory,
+    Status, is_our_link,
 };
 
 /// The event the UI listens to for a `p1consent://` link opened while it runs.
@@ -97,6 +97,25 @@ async fn sync(core: State<'_, AppCore>) -> CmdResult<SyncReport> {
 }
 
 #[tauri::command]
+async fn export_recovery(
+    core: State<'_, AppCore>,
+    passphrase: String,
+    path: String,
+) -> CmdResult<String> {
+    core.export_recovery(passphrase, path).await
+}
+
+#[tauri::command]
+async fn import_recovery(
+    core: State<'_, AppCore>,
+    path: String,
+    passphrase: String,
+    broker: Option<String>,
+) -> CmdResult<RestoreReport> {
+    core.import_recovery(path, passphrase, broker).await
+}
+
+#[tauri::command]
 fn take_pending_link(core: State<'_, AppCore>) -> Option<String> {
     core.take_pending_link()
 }
@@ -118,6 +137,8 @@ pub const COMMANDS: &[&str] = &[
     "audit",
     "receipt",
     "sync",
+    "export_recovery",
+    "import_recovery",
     "take_pending_link",
 ];
 
@@ -229,6 +250,8 @@ pub fn run() {
             audit,
             receipt,
             sync,
+            export_recovery,
+            import_recovery,
             take_pending_link
         ])
         .run(tauri::generate_context!("../tauri.conf.json"))

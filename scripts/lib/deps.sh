@@ -40,3 +40,20 @@ ensure_aarch64_target() {
     rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$' && return 0
     timeout 300 rustup target add aarch64-unknown-linux-gnu
 }
+
+# The real-window test of the app (scripts/test-app-e2e.sh): an X server, WebKitGTK's
+# WebDriver, a D-Bus session with gnome-keyring, and tauri-driver.
+APP_E2E_APT_PACKAGES=(webkit2gtk-driver xvfb xauth gnome-keyring dbus-x11 libsecret-tools)
+
+ensure_tauri_driver() {
+    command -v tauri-driver >/dev/null && return 0
+    [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tauri-driver" ] && return 0
+    echo "== installing tauri-driver"
+    cargo install tauri-driver --locked
+}
+
+ensure_app_e2e_deps() {
+    ensure_test_deps
+    apt_install "${APP_E2E_APT_PACKAGES[@]}"
+    ensure_tauri_driver
+}

@@ -54,6 +54,9 @@ pub struct Status {
     pub broker: Option<String>,
     pub devices: usize,
     pub pending_requests: usize,
+    /// Where a recovery kit is offered to be saved.
+    #[serde(default)]
+    pub kit_hint: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -105,11 +108,26 @@ pub struct Consent {
     pub erasure_confirmed: bool,
     pub key_delivered_epoch: Option<u32>,
     pub expires: String,
+    #[serde(default)]
+    pub key_changed: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct ConsentList {
     pub consents: Vec<Consent>,
+    pub offline: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct SyncReport {
+    pub threads: usize,
+    pub entries: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RestoreReport {
+    pub status: Status,
+    pub sync: Option<SyncReport>,
     pub offline: Option<String>,
 }
 

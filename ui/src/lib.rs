@@ -1,13 +1,14 @@
 //! The P1 Consent wallet's window: Leptos (client-side rendering) compiled to wasm.
 //!
-//! Pages: Welcome (create the identity), Pair, Devices, Request review, Consents, Audit.
+//! Pages: Welcome (create the identity, or restore it from a recovery kit), Pair, Devices,
+//! Request review, Consents, Audit, Settings (recovery kit).
 //! Every action is a command of the app ([`api::call`]); the UI never sees a key.
 
 pub mod api;
 
 use leptos::{prelude::*, task::spawn_local};
 
-use api::{Audit, ConsentList, Device, NoArgs, Paired, Request, Status, call};
+use api::{Audit, ConsentList, Device, NoArgs, Paired, Request, RestoreReport, Status, call};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Page {
@@ -17,6 +18,7 @@ pub enum Page {
     Request,
     Consents,
     Audit,
+    Settings,
 }
 
 impl Page {
@@ -28,6 +30,20 @@ impl Page {
             Page::Request => "Requests",
             Page::Consents => "Who has access",
             Page::Audit => "Check the records",
+            Page::Settings => "Settings",
+        }
+    }
+
+    /// Stable element id of the page's navigation button.
+    pub fn nav_id(self) -> &'static str {
+        match self {
+            Page::Welcome => "nav-welcome",
+            Page::Pair => "nav-pair",
+            Page::Devices => "nav-devices",
+            Page::Request => "nav-requests",
+            Page::Consents => "nav-consents",
+            Page::Audit => "nav-audit",
+            Page::Settings => "nav-settings",
         }
     }
 }
@@ -103,6 +119,17 @@ struct RefreshArgs {
     refresh: bool,
 }
 #[derive(serde::Serialize)]
+struct ExportArgs {
+    passphrase: String,
+    path: String,
+}
+#[derive(serde::Serialize)]
+struct ImportArgs {
+    path: String,
+    passphrase: String,
+    broker: Option<String>,
+}
+#[derive(serde::Serialize)]
 struct RevokeArgs {
     consent: String,
     erase: bool,
@@ -135,6 +162,7 @@ pub fn App() -> impl IntoView {
         view! {
             <li>
                 <button
+                    id=p.nav_id()
                     class="nav"
                     aria-current=move || (ctx.page.get() == p).then_some("page")
                     disabled=move || !ctx.status.get().initialised && p != Page::Welcome
@@ -157,6 +185,7 @@ pub fn App() -> impl IntoView {
                     {nav(Page::Request)}
                     {nav(Page::Consents)}
                     {nav(Page::Audit)}
+                    {nav(Page::Settings)}
                 </ul>
             </nav>
         </header>
@@ -182,6 +211,7 @@ pub fn App() -> impl IntoView {
                 Page::Request => view! { <RequestPage /> }.into_any(),
                 Page::Consents => view! { <Consents /> }.into_any(),
                 Page::Audit => view! { <AuditPage /> }.into_any(),
+                Page::Settings => view! { <SettingsPage /> }.into_any(),
             }}
         </main>
     }
@@ -203,8 +233,12 @@ fn Welcome() -> impl IntoView {
             match call::<Status>("create_identity", BrokerArgs { broker: Some(b) }).await {
                 Ok(s) => {
                     ctx.status.set(s);
-                    ctx.go(Page::Pair);
-                    ctx.ok("Your identity is ready. Next: pair your meter.");
+                    // First start: offer the recovery kit before anything else.
+                    ctx.go(Page::Settings);
+                    ctx.ok(
+                        "Your identity is ready. Save a recovery kit now, so you can restore \
+                         this wallet on another device. Then pair your meter.",
+                    );
                 }
                 Err(e) => ctx.fail(e),
             }
@@ -249,9 +283,12 @@ fn Welcome() -> impl IntoView {
                         prop:value=move || broker.get()
                         on:input=move |ev| broker.set(event_target_value(&ev))
                     />
-                    <button on:click=create disabled=move || busy.get()>
+                    <button id="create-identity" on:click=create disabled=move || busy.get()>
                         "Create my identity"
                     </button>
+                    <h3>"Moving from another device?"</h3>
+                    <p>"If you saved a recovery kit on your other device, restore your wallet from it."</p>
+                    <KitRestore />
                 }
                     .into_any()
             }
@@ -319,7 +356,7 @@ fn PairPage() -> impl IntoView {
             prop:value=move || code.get()
             on:input=move |ev| code.set(event_target_value(&ev))
         ></textarea>
-        <button on:click=pair_text disabled=move || busy.get() || code.get().trim().is_empty()>
+        <button id="pair-button" on:click=pair_text disabled=move || busy.get() || code.get().trim().is_empty()>
             "Pair with this code"
         </button>
         <p>"Or choose a photo or screenshot of the QR code:"</p>
@@ -552,7 +589,7 @@ fn RequestPage() -> impl IntoView {
             prop:value=move || ctx.link.get()
             on:input=move |ev| ctx.link.set(event_target_value(&ev))
         ></textarea>
-        <button on:click=move |_| check()>"Check this request"</button>
+        <button id="check-request" on:click=move |_| check()>"Check this request"</button>
         <h3>"Waiting for your answer"</h3>
         {move || {
             let p = pending.get();
@@ -621,11 +658,16 @@ fn ConsentCard(c: api::Consent, on_done: Callback<()>) -> impl IntoView {
             <h3>{c.controller.clone()} " — " <span class=format!("badge {}", c.status)>{status_words(&c.status)}</span></h3>
             <p>{c.purpose.clone()}</p>
             <p>{format!("Data: {} ({}). Meter {}. Until {}.", c.fields.join(", "), c.resolution, short(&c.device), c.expires)}</p>
-            <p>{detail}</p>
+            <p class="detail">{detail}</p>
+            {c.key_changed.then(|| view! {
+                <p class="key-changed">
+                    {format!("Your meter changed its data key: {} cannot read anything new.", c.controller)}
+                </p>
+            })}
             {active.then(|| view! {
                 <Show
                     when=move || confirming.get()
-                    fallback=move || view! { <button on:click=move |_| confirming.set(true)>"Withdraw access…"</button> }
+                    fallback=move || view! { <button class="confirm-open" on:click=move |_| confirming.set(true)>"Withdraw access…"</button> }
                 >
                     <div role="group" aria-label="Confirm withdrawal" class="confirm">
                         <p>"Withdraw this access? The provider stops receiving new data at once."</p>
@@ -689,7 +731,7 @@ fn Consents() -> impl IntoView {
         }
     };
     view! {
-        <button on:click=move |_| load(true)>"Check for updates"</button>
+        <button id="check-updates" on:click=move |_| load(true)>"Check for updates"</button>
         {move || list.get().and_then(|l| l.offline).map(|o| view! {
             <p class="note">{format!("Showing what this wallet last saw ({o}).")}</p>
         })}
@@ -738,6 +780,196 @@ fn AuditPage() -> impl IntoView {
                 </ul>
             }
         })}
+    }
+}
+
+#[component]
+fn SettingsPage() -> impl IntoView {
+    let ctx = ctx();
+    view! {
+        <section aria-labelledby="kit-title">
+            <h3 id="kit-title">"Recovery kit"</h3>
+            <p>
+                "A recovery kit is a file with your keys, locked with a passphrase you choose. "
+                "With it, a new device (or this one after a reinstall) becomes your wallet again "
+                "and reads your meters and consents back from the signed records."
+            </p>
+            <h4>"Save a recovery kit"</h4>
+            <KitSave />
+            <h4>"Restore from a recovery kit"</h4>
+            {move || if ctx.status.get().initialised {
+                view! {
+                    <p>
+                        "This wallet already has your identity. Restore on the new device: "
+                        "start the app there and choose “Restore” on its Welcome page."
+                    </p>
+                }
+                    .into_any()
+            } else {
+                view! { <KitRestore /> }.into_any()
+            }}
+        </section>
+        {move || (ctx.status.get().initialised && ctx.status.get().devices == 0).then(|| view! {
+            <button id="go-pair" on:click=move |_| ctx.go(Page::Pair)>"Next: pair a meter"</button>
+        })}
+    }
+}
+
+#[component]
+fn KitSave() -> impl IntoView {
+    let ctx = ctx();
+    let pass = RwSignal::new(String::new());
+    let pass2 = RwSignal::new(String::new());
+    let path = RwSignal::new(String::new());
+    let busy = RwSignal::new(false);
+    // The suggested file, once the status has arrived.
+    Effect::new(move |_| {
+        let hint = ctx.status.get().kit_hint;
+        if path.get_untracked().is_empty() {
+            path.set(hint);
+        }
+    });
+    let save = move |_| {
+        let (p, p2, f) = (
+            pass.get_untracked(),
+            pass2.get_untracked(),
+            path.get_untracked(),
+        );
+        if p != p2 {
+            ctx.fail("The two passphrases differ: type the same passphrase twice.");
+            return;
+        }
+        busy.set(true);
+        ctx.ok("Saving the recovery kit…");
+        spawn_local(async move {
+            match call::<String>(
+                "export_recovery",
+                ExportArgs {
+                    passphrase: p,
+                    path: f,
+                },
+            )
+            .await
+            {
+                Ok(written) => {
+                    pass.set(String::new());
+                    pass2.set(String::new());
+                    ctx.ok(format!(
+                        "Recovery kit saved to {written}. Keep a copy away from this computer, \
+                         and the passphrase somewhere else."
+                    ));
+                }
+                Err(e) => ctx.fail(format!("The recovery kit was not saved: {e}")),
+            }
+            busy.set(false);
+        });
+    };
+    view! {
+        <label for="kit-pass">"Passphrase (at least 10 characters; without it the kit cannot be opened)"</label>
+        <input
+            id="kit-pass"
+            type="password"
+            autocomplete="new-password"
+            prop:value=move || pass.get()
+            on:input=move |ev| pass.set(event_target_value(&ev))
+        />
+        <label for="kit-pass2">"The same passphrase again"</label>
+        <input
+            id="kit-pass2"
+            type="password"
+            autocomplete="new-password"
+            prop:value=move || pass2.get()
+            on:input=move |ev| pass2.set(event_target_value(&ev))
+        />
+        <label for="kit-path">"Save as (full path of a new file)"</label>
+        <input
+            id="kit-path"
+            type="text"
+            prop:value=move || path.get()
+            on:input=move |ev| path.set(event_target_value(&ev))
+        />
+        <button
+            id="kit-save"
+            class="primary"
+            on:click=save
+            disabled=move || busy.get() || pass.get().is_empty() || path.get().trim().is_empty()
+        >
+            "Save recovery kit"
+        </button>
+    }
+}
+
+#[component]
+fn KitRestore() -> impl IntoView {
+    let ctx = ctx();
+    let pass = RwSignal::new(String::new());
+    let path = RwSignal::new(String::new());
+    let broker = RwSignal::new(String::new());
+    let busy = RwSignal::new(false);
+    let restore = move |_| {
+        let args = ImportArgs {
+            path: path.get_untracked(),
+            passphrase: pass.get_untracked(),
+            broker: Some(broker.get_untracked()),
+        };
+        busy.set(true);
+        ctx.ok("Restoring… reading your records back can take up to a minute.");
+        spawn_local(async move {
+            match call::<RestoreReport>("import_recovery", args).await {
+                Ok(r) => {
+                    pass.set(String::new());
+                    ctx.status.set(r.status);
+                    ctx.go(Page::Consents);
+                    match (r.sync, r.offline) {
+                        (Some(s), _) => ctx.ok(format!(
+                            "Your wallet is restored: {} signed records in {} threads were read \
+                             back and checked.",
+                            s.entries, s.threads
+                        )),
+                        (None, o) => ctx.fail(format!(
+                            "Your identity is restored, but the records could not be read yet \
+                             ({}). Use “Check for updates” later.",
+                            o.unwrap_or_default()
+                        )),
+                    }
+                }
+                Err(e) => ctx.fail(format!("Restoring did not work: {e}")),
+            }
+            busy.set(false);
+        });
+    };
+    view! {
+        <label for="restore-path">"Recovery kit file (full path)"</label>
+        <input
+            id="restore-path"
+            type="text"
+            placeholder="~/p1consent-recovery-kit.p1ck"
+            prop:value=move || path.get()
+            on:input=move |ev| path.set(event_target_value(&ev))
+        />
+        <label for="restore-pass">"Its passphrase"</label>
+        <input
+            id="restore-pass"
+            type="password"
+            autocomplete="current-password"
+            prop:value=move || pass.get()
+            on:input=move |ev| pass.set(event_target_value(&ev))
+        />
+        <label for="restore-broker">"Message server address (only if the kit was saved before your first pairing)"</label>
+        <input
+            id="restore-broker"
+            type="text"
+            placeholder="mqtts://broker.example:8883"
+            prop:value=move || broker.get()
+            on:input=move |ev| broker.set(event_target_value(&ev))
+        />
+        <button
+            id="restore"
+            on:click=restore
+            disabled=move || busy.get() || pass.get().is_empty() || path.get().trim().is_empty()
+        >
+            "Restore my wallet"
+        </button>
     }
 }
 

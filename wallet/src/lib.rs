@@ -5,6 +5,8 @@
 //!   provider's request link, grant, decline, revoke, unpair, read the consents back from the
 //!   broker, verify the logs, issue receipts, rebuild from the broker (second wallet).
 //! - [`secrets`]: where the owner's keys live ([`SecretStore`], [`FileSecretStore`]).
+//! - [`recovery`]: the recovery kit (the owner's keys, passphrase-protected) for another
+//!   device.
 //! - [`transport`]: the MQTT session (acknowledged publishing, reading retained state).
 //!
 //! All protocol and cryptography come from `p1consent-shared`.
@@ -12,6 +14,7 @@
 pub mod error;
 pub mod identity;
 pub mod pairing;
+pub mod recovery;
 pub mod secrets;
 pub mod state;
 pub mod summary;
@@ -20,6 +23,7 @@ pub mod wallet;
 
 pub use error::{Result, WalletError};
 pub use identity::OwnerIdentity;
+pub use recovery::{KdfParams, Recovered, RecoveryError};
 pub use secrets::{FileSecretStore, MemorySecretStore, SecretStore};
 pub use summary::{ConsentLine, RequestSummary};
 pub use wallet::{GrantScope, Wallet, WalletOptions};
