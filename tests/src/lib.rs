@@ -79,6 +79,10 @@ pub fn now_s() -> u64 {
     p1consent_wallet::wallet::now_s()
 }
 
+pub fn now_ms() -> u64 {
+    p1consent_wallet::wallet::now_ms()
+}
+
 // ------------------------------------------------------------------------------- meter pipe
 
 /// A FIFO the agent's replay source reads (see [`Meter::Pipe`]); the test writes telegrams into
@@ -467,6 +471,9 @@ pub struct Prov {
     pub keys: ProviderKeys,
     pub client: Provider,
     pub log: Vec<ProviderEvent>,
+    /// For every reading received: (consent, seq, ms from the device sealing it to the
+    /// SDK handing it over), by this machine's clock (agent and provider share it).
+    pub delays_ms: Vec<(OpaqueId, u64, i64)>,
     dir: tempfile::TempDir,
 }
 
@@ -482,6 +489,7 @@ impl Prov {
             keys,
             client,
             log: Vec::new(),
+            delays_ms: Vec::new(),
             dir,
         };
         p.wait("connected", |e| matches!(e, ProviderEvent::Connected))
@@ -491,6 +499,28 @@ impl Prov {
 
     pub fn public(&self) -> PublicId {
         self.keys.public()
+    }
+
+    fn record(&mut self, ev: &ProviderEvent) {
+        if let ProviderEvent::Reading {
+            consent,
+            seq,
+            timestamp_ms,
+            ..
+        } = ev
+        {
+            let delay = now_ms() as i64 - *timestamp_ms as i64;
+            self.delays_ms.push((*consent, *seq, delay));
+        }
+        self.log.push(ev.clone());
+    }
+
+    /// The delay of reading `seq` of `consent` (see `delays_ms`).
+    pub fn delay_ms(&self, consent: &OpaqueId, seq: u64) -> Option<i64> {
+        self.delays_ms
+            .iter()
+            .find(|(c, s, _)| c == consent && *s == seq)
+            .map(|(_, _, d)| *d)
     }
 
     pub fn dir(&self) -> &Path {
@@ -527,7 +557,7 @@ impl Prov {
         let res = tokio::time::timeout(WAIT, async {
             loop {
                 let ev = self.client.next_event().await.expect("provider stream");
-                self.log.push(ev.clone());
+                self.record(&ev);
                 if pred(&ev) {
                     return ev;
                 }
@@ -570,7 +600,7 @@ impl Prov {
         let _ = tokio::time::timeout(d, async {
             loop {
                 match self.client.next_event().await {
-                    Ok(ev) => self.log.push(ev),
+                    Ok(ev) => self.record(&ev),
                     Err(_) => return,
                 }
             }

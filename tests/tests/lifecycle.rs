@@ -272,6 +272,15 @@ async fn s2_raw_readings_match_the_meter(kind: BrokerKind) {
         times.insert(time);
     }
     assert_eq!(times.len(), got.len(), "each reading is another telegram");
+    // Within 2 s of the telegram: from the agent sealing it (right after reading it off the
+    // meter) to the SDK handing over the opened, verified reading.
+    for (seq, _) in &got {
+        let delay = a.delay_ms(&cid, *seq).expect("recorded on arrival");
+        assert!(
+            (0..=2000).contains(&delay),
+            "reading {seq} arrived {delay} ms after its telegram"
+        );
+    }
     let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
     assert_contiguous("A's readings", &seqs);
     assert!(a.rejected().is_empty(), "{:#?}", a.log);
