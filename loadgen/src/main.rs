@@ -28,25 +28,40 @@ struct Cli {
     command: Cmd,
 }
 
+/// The load's shape: the same options for a whole run and for each side of it.
 #[derive(Args, Clone)]
-struct Common {
+struct Load {
     /// Number of meters.
     #[arg(long)]
     meters: u64,
     /// Providers authorised on every meter's channel.
     #[arg(long, default_value_t = 1)]
     providers_per_meter: u64,
+    /// KEM suite of the providers' keys: x25519-sntrup761 (the project default) or x25519-mlkem768.
+    #[arg(long, default_value = "x25519-sntrup761")]
+    suite: String,
+    /// Worker threads of the runtime (of each side's, for a whole run).
+    #[arg(long, default_value_t = 2)]
+    threads: u64,
+}
+
+/// What both sides of a run need to agree on.
+#[derive(Args, Clone)]
+struct Common {
+    #[command(flatten)]
+    load: Load,
     #[arg(long)]
     broker: String,
     /// Shared by both sides: every identity and key is derived from it (32 hex digits).
     #[arg(long)]
     run_id: String,
-    /// KEM suite of the providers' keys: x25519-sntrup761 (the project default) or x25519-mlkem768.
-    #[arg(long, default_value = "x25519-sntrup761")]
-    suite: String,
-    /// Worker threads of the runtime.
+}
+
+#[derive(Args, Clone)]
+struct Sharding {
+    /// Opening tasks of the providers (records of one meter always go to the same one).
     #[arg(long, default_value_t = 2)]
-    threads: u64,
+    shards: u64,
 }
 
 #[derive(Subcommand)]
@@ -66,16 +81,15 @@ enum Cmd {
     Providers {
         #[command(flatten)]
         common: Common,
-        /// Opening tasks (records of one meter always go to the same one).
-        #[arg(long, default_value_t = 2)]
-        shards: u64,
+        #[command(flatten)]
+        sharding: Sharding,
     },
     /// Broker + providers + meters as child processes; prints the table.
     Run {
-        #[arg(long)]
-        meters: u64,
-        #[arg(long, default_value_t = 1)]
-        providers_per_meter: u64,
+        #[command(flatten)]
+        load: Load,
+        #[command(flatten)]
+        sharding: Sharding,
         #[arg(long, value_parser = parse_duration, default_value = "60s")]
         duration: Duration,
         /// External broker; default: start Debian's mosquitto on a free port.
@@ -84,12 +98,6 @@ enum Cmd {
         /// MQTT connections for the meters (default: one per meter).
         #[arg(long)]
         meter_conns: Option<u64>,
-        #[arg(long, default_value = "x25519-sntrup761")]
-        suite: String,
-        #[arg(long, default_value_t = 2)]
-        shards: u64,
-        #[arg(long, default_value_t = 2)]
-        threads: u64,
         /// CPU / memory sampling interval.
         #[arg(long, value_parser = parse_duration, default_value = "2s")]
         sample_every: Duration,
@@ -105,8 +113,8 @@ enum Cmd {
 fn ids_of(c: &Common) -> Result<(Ids, BrokerUrl), LoadError> {
     let run = OpaqueId::from_hex(&c.run_id)
         .ok_or_else(|| LoadError::Arg("--run-id must be 32 hex digits".into()))?;
-    let suite = KemSuite::from_name(&c.suite)
-        .ok_or_else(|| LoadError::Arg(format!("unknown suite {:?}", c.suite)))?;
+    let suite = KemSuite::from_name(&c.load.suite)
+        .ok_or_else(|| LoadError::Arg(format!("unknown suite {:?}", c.load.suite)))?;
     let broker = c
         .broker
         .parse()
@@ -140,24 +148,24 @@ fn main_inner() -> Result<bool, LoadError> {
             let (ids, broker) = ids_of(&common)?;
             let args = MetersArgs {
                 ids,
-                meters: common.meters,
-                providers: common.providers_per_meter,
+                meters: common.load.meters,
+                providers: common.load.providers_per_meter,
                 broker,
                 duration,
-                conns: conns.unwrap_or(common.meters),
+                conns: conns.unwrap_or(common.load.meters),
             };
-            let report = runtime(common.threads)?.block_on(run_meters(args))?;
+            let report = runtime(common.load.threads)?.block_on(run_meters(args))?;
             print_result(&report)?;
             Ok(true)
         }
-        Cmd::Providers { common, shards } => {
+        Cmd::Providers { common, sharding } => {
             let (ids, broker) = ids_of(&common)?;
             let args = ProvidersArgs {
                 ids,
-                meters: common.meters,
-                providers: common.providers_per_meter,
+                meters: common.load.meters,
+                providers: common.load.providers_per_meter,
                 broker,
-                shards,
+                shards: sharding.shards,
             };
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -172,7 +180,7 @@ fn main_inner() -> Result<bool, LoadError> {
                 }
                 let _ = stop_tx.send(());
             });
-            let rt = runtime(common.threads)?;
+            let rt = runtime(common.load.threads)?;
             let report = rt.block_on(async {
                 let task = tokio::spawn(run_providers(
                     args,
@@ -193,14 +201,11 @@ fn main_inner() -> Result<bool, LoadError> {
             Ok(true)
         }
         Cmd::Run {
-            meters,
-            providers_per_meter,
+            load,
+            sharding,
             duration,
             broker,
             meter_conns,
-            suite,
-            shards,
-            threads,
             sample_every,
             no_header,
             json,
@@ -208,14 +213,14 @@ fn main_inner() -> Result<bool, LoadError> {
             raise_fd_limit();
             let args = RunArgs {
                 exe: std::env::current_exe()?,
-                meters,
-                providers_per_meter,
+                meters: load.meters,
+                providers_per_meter: load.providers_per_meter,
                 duration,
                 broker,
                 meter_conns,
-                suite,
-                shards,
-                threads,
+                suite: load.suite,
+                shards: sharding.shards,
+                threads: load.threads,
                 sample_every,
             };
             let report = run(&args)?;

@@ -8,6 +8,7 @@
 //! magic "P1CPKEY\0" (8) | version 0x01 | mode (0x00 plain, 0x01 passphrase)
 //! mode 0x01: m_cost_kib u32 | t_cost u32 | p_cost u32 | salt [16] | nonce [24] |
 //!            XChaCha20-Poly1305(Argon2id(passphrase, salt), aad = all bytes before, secret)
+//!            (p1consent_shared::passphrase, as in the owner's recovery kit)
 //! mode 0x00: secret | BLAKE3 check [32] over all bytes before it
 //! secret   : signing seed [32] | KEM suite u8 | KEM seed [32]
 //! ```
@@ -17,21 +18,24 @@
 
 use std::path::Path;
 
-use argon2::{Algorithm, Argon2, Params, Version};
-use p1consent_shared::crypto::{
-    self, KemPublicKey, KemSecretKey, KemSuite, NONCE_LEN, PublicId, SigningIdentity, SymmetricKey,
+use p1consent_shared::{
+    crypto::{self, KemPublicKey, KemSecretKey, KemSuite, PublicId, SigningIdentity},
+    passphrase::{self, PassphraseError, ProtectedSection, seal_after_header},
 };
 use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::fsutil;
 
+pub use p1consent_shared::passphrase::KdfParams;
+
 const MAGIC: &[u8; 8] = b"P1CPKEY\0";
 const VERSION: u8 = 1;
 const MODE_PLAIN: u8 = 0;
 const MODE_PASSPHRASE: u8 = 1;
 const SECRET_LEN: usize = 32 + 1 + 32;
-const SALT_LEN: usize = 16;
+/// Body of a passphrase-protected file: costs, salt, nonce, sealed secret.
+const PROTECTED_BODY_LEN: usize = passphrase::OVERHEAD + SECRET_LEN;
 const CHECK_LABEL: &str = "p1consent-provider/v1/keyfile-check";
 /// Largest key file accepted (the real ones are 97 or 138 bytes).
 pub const MAX_KEY_FILE: u64 = 4096;
@@ -58,61 +62,14 @@ pub enum KeyFileError {
     Kdf(String),
 }
 
-/// Argon2id cost parameters of a protected key file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KdfParams {
-    /// Memory in KiB.
-    pub m_cost_kib: u32,
-    /// Iterations.
-    pub t_cost: u32,
-    /// Lanes.
-    pub p_cost: u32,
-}
-
-impl Default for KdfParams {
-    /// 64 MiB, 3 passes, 1 lane.
-    fn default() -> Self {
-        Self {
-            m_cost_kib: 64 * 1024,
-            t_cost: 3,
-            p_cost: 1,
+impl From<PassphraseError> for KeyFileError {
+    fn from(e: PassphraseError) -> Self {
+        match e {
+            PassphraseError::CostOutOfRange(what) => KeyFileError::Corrupt(what),
+            PassphraseError::WrongPassphraseOrTampered => KeyFileError::WrongPassphrase,
+            PassphraseError::CutShort => KeyFileError::Corrupt("wrong length"),
+            PassphraseError::Kdf(e) => KeyFileError::Kdf(e),
         }
-    }
-}
-
-impl KdfParams {
-    /// Cheap parameters for tests and doc examples only (8 MiB, 1 pass).
-    pub fn insecure_fast() -> Self {
-        Self {
-            m_cost_kib: 8 * 1024,
-            t_cost: 1,
-            p_cost: 1,
-        }
-    }
-
-    fn check(&self) -> Result<(), KeyFileError> {
-        // Refuse absurd values from a hostile file before allocating anything.
-        if self.m_cost_kib < 8 * 1024 || self.m_cost_kib > 4 * 1024 * 1024 {
-            return Err(KeyFileError::Corrupt("Argon2 memory cost out of range"));
-        }
-        if self.t_cost == 0 || self.t_cost > 100 || self.p_cost == 0 || self.p_cost > 16 {
-            return Err(KeyFileError::Corrupt(
-                "Argon2 time or lane cost out of range",
-            ));
-        }
-        Ok(())
-    }
-
-    fn derive(&self, passphrase: &[u8], salt: &[u8]) -> Result<SymmetricKey, KeyFileError> {
-        self.check()?;
-        let params = Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32))
-            .map_err(|e| KeyFileError::Kdf(e.to_string()))?;
-        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let mut out = Zeroizing::new([0u8; 32]);
-        argon
-            .hash_password_into(passphrase, salt, &mut out[..])
-            .map_err(|e| KeyFileError::Kdf(e.to_string()))?;
-        Ok(SymmetricKey::from_bytes(*out))
     }
 }
 
@@ -229,16 +186,7 @@ impl ProviderKeys {
             }
             Protection::Passphrase(pass, params) => {
                 out.push(MODE_PASSPHRASE);
-                out.extend_from_slice(&params.m_cost_kib.to_be_bytes());
-                out.extend_from_slice(&params.t_cost.to_be_bytes());
-                out.extend_from_slice(&params.p_cost.to_be_bytes());
-                let salt = crypto::random_bytes::<SALT_LEN>();
-                out.extend_from_slice(&salt);
-                let key = params.derive(pass.as_bytes(), &salt)?;
-                let nonce = crypto::random_bytes::<NONCE_LEN>();
-                out.extend_from_slice(&nonce);
-                let ct = crypto::seal_with_nonce(&key, &nonce, &out, &secret);
-                out.extend_from_slice(&ct);
+                seal_after_header(&mut out, pass.as_bytes(), params, &secret)?;
             }
         }
         Ok(out)
@@ -269,29 +217,13 @@ impl ProviderKeys {
                 Self::from_secret_bytes(&body[..SECRET_LEN])
             }
             MODE_PASSPHRASE => {
-                let fixed = 12 + SALT_LEN + NONCE_LEN;
-                if body.len() != fixed + SECRET_LEN + crypto::TAG_LEN {
+                if body.len() != PROTECTED_BODY_LEN {
                     return Err(KeyFileError::Corrupt("wrong length"));
                 }
-                let u32_at = |i: usize| {
-                    let mut b = [0u8; 4];
-                    b.copy_from_slice(&body[i..i + 4]);
-                    u32::from_be_bytes(b)
-                };
-                let params = KdfParams {
-                    m_cost_kib: u32_at(0),
-                    t_cost: u32_at(4),
-                    p_cost: u32_at(8),
-                };
-                params.check()?;
+                // Hostile costs are refused before a passphrase is asked for.
+                let section = ProtectedSection::parse(bytes, MAGIC.len() + 2)?;
                 let pass = passphrase.ok_or(KeyFileError::PassphraseRequired)?;
-                let salt = &body[12..12 + SALT_LEN];
-                let mut nonce = [0u8; NONCE_LEN];
-                nonce.copy_from_slice(&body[12 + SALT_LEN..fixed]);
-                let aad_len = MAGIC.len() + 2 + fixed;
-                let key = params.derive(pass.as_bytes(), salt)?;
-                let secret = crypto::open(&key, &nonce, &bytes[..aad_len], &body[fixed..])
-                    .map_err(|_| KeyFileError::WrongPassphrase)?;
+                let secret = section.open(pass.as_bytes())?;
                 Self::from_secret_bytes(&secret)
             }
             _ => Err(KeyFileError::Corrupt("unknown protection mode")),

@@ -155,6 +155,57 @@ fn start_agent(
     (id, tx)
 }
 
+/// The device a consent is granted for.
+enum GrantedDevice<'a> {
+    /// The agent under test: the consent thread's envelope goes to its inbox too.
+    Agent(&'a DeviceIdentity),
+    /// No agent runs: only the provider's inbox gets the envelope.
+    Absent(PublicId, &'a KemPublicKey),
+}
+
+/// The owner grants `request` (every requested field, raw) until `expires_at`, as the wallet
+/// does: the consent thread's envelope to its members' inboxes, then ConsentGranted as the
+/// thread's first entry. Returns the thread and its log writer (for later entries).
+async fn grant(
+    ol: &mut OwnerLink,
+    owner: &SigningIdentity,
+    root: &OwnerRoot,
+    request: &SignedRequest,
+    keys: &ProviderKeys,
+    device: GrantedDevice<'_>,
+    expires_at: u64,
+) -> (OpaqueId, LogWriter) {
+    let (device, device_kem, device_inbox) = match device {
+        GrantedDevice::Agent(d) => (d.public(), d.kem.public(), true),
+        GrantedDevice::Absent(id, kem) => (id, kem, false),
+    };
+    let provider = keys.public();
+    let ctid = root.consent_thread_id(&device, &provider);
+    ol.open_thread(
+        owner,
+        root,
+        ctid,
+        &[
+            (Role::Device, device_kem, device_inbox.then_some(&device)),
+            (Role::Provider, keys.kem_public(), Some(&provider)),
+        ],
+    )
+    .await;
+    let fields = request.content().fields;
+    let grant = Grant::new(request, device, fields, Resolution::Raw, expires_at).unwrap();
+    let mut writer = LogWriter::new(ctid, Role::Owner);
+    let granted = writer
+        .append(
+            owner,
+            &root.thread_key(&ctid),
+            now_ms(),
+            &Event::ConsentGranted(Box::new(grant)),
+        )
+        .unwrap();
+    ol.publish(topics::log_entry(&ctid, 1, 0), granted).await;
+    (ctid, writer)
+}
+
 fn options() -> ProviderOptions {
     ProviderOptions {
         client_id: Some("provider-under-test".into()),
@@ -230,36 +281,17 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
     .await;
 
     // Grant: consent thread to device and provider, ConsentGranted.
-    let ctid = root.consent_thread_id(&device, &keys.public());
-    ol.open_thread(
+    let (ctid, mut cw) = grant(
+        &mut ol,
         &owner,
         &root,
-        ctid,
-        &[
-            (Role::Device, device_id.kem.public(), Some(&device)),
-            (Role::Provider, keys.kem_public(), Some(&keys.public())),
-        ],
+        &request,
+        &keys,
+        GrantedDevice::Agent(&device_id),
+        now_ms() / 1000 + 1800,
     )
     .await;
     let ckey = root.thread_key(&ctid);
-    let mut cw = LogWriter::new(ctid, Role::Owner);
-    let grant = Grant::new(
-        &request,
-        device,
-        fields,
-        Resolution::Raw,
-        now_ms() / 1000 + 1800,
-    )
-    .unwrap();
-    let granted = cw
-        .append(
-            &owner,
-            &ckey,
-            now_ms(),
-            &Event::ConsentGranted(Box::new(grant)),
-        )
-        .unwrap();
-    ol.publish(topics::log_entry(&ctid, 1, 0), granted).await;
 
     let ev = wait_event(&mut provider, &mut log, "grant", |e| {
         matches!(e, ProviderEvent::Granted { .. })
@@ -400,35 +432,16 @@ async fn grant_read_restart_revoke_erase_with_real_agent() {
         matches!(e, ProviderEvent::Connected)
     })
     .await;
-    let ctid_b = root.consent_thread_id(&device, &keys_b.public());
-    ol.open_thread(
+    grant(
+        &mut ol,
         &owner,
         &root,
-        ctid_b,
-        &[
-            (Role::Device, device_id.kem.public(), Some(&device)),
-            (Role::Provider, keys_b.kem_public(), Some(&keys_b.public())),
-        ],
-    )
-    .await;
-    let grant_b = Grant::new(
         &request_b,
-        device,
-        fields,
-        Resolution::Raw,
+        &keys_b,
+        GrantedDevice::Agent(&device_id),
         now_ms() / 1000 + 1800,
     )
-    .unwrap();
-    let granted_b = LogWriter::new(ctid_b, Role::Owner)
-        .append(
-            &owner,
-            &root.thread_key(&ctid_b),
-            now_ms(),
-            &Event::ConsentGranted(Box::new(grant_b)),
-        )
-        .unwrap();
-    ol.publish(topics::log_entry(&ctid_b, 1, 0), granted_b)
-        .await;
+    .await;
     wait_event(
         &mut provider_b,
         &mut log_b,
@@ -755,28 +768,17 @@ async fn cli_listen_prints_readings_and_exits_on_expiry() {
     let out_task = tokio::task::spawn_blocking(move || std::io::read_to_string(stdout));
     let err_task = tokio::task::spawn_blocking(move || std::io::read_to_string(stderr));
 
-    let ctid = root.consent_thread_id(&device, &keys.public());
-    ol.open_thread(
+    let expires_at = now_ms() / 1000 + 6;
+    grant(
+        &mut ol,
         &owner,
         &root,
-        ctid,
-        &[
-            (Role::Device, device_id.kem.public(), Some(&device)),
-            (Role::Provider, keys.kem_public(), Some(&keys.public())),
-        ],
+        &request,
+        &keys,
+        GrantedDevice::Agent(&device_id),
+        expires_at,
     )
     .await;
-    let expires_at = now_ms() / 1000 + 6;
-    let grant = Grant::new(&request, device, fields, Resolution::Raw, expires_at).unwrap();
-    let granted = LogWriter::new(ctid, Role::Owner)
-        .append(
-            &owner,
-            &root.thread_key(&ctid),
-            now_ms(),
-            &Event::ConsentGranted(Box::new(grant)),
-        )
-        .unwrap();
-    ol.publish(topics::log_entry(&ctid, 1, 0), granted).await;
 
     let status =
         tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait())).await;
@@ -847,35 +849,17 @@ async fn gap_is_reported_inside_the_stream_not_before_it() {
     })
     .await;
 
-    let ctid = root.consent_thread_id(&device.public(), &keys.public());
     // No agent here: only the provider's inbox gets the envelope.
-    ol.open_thread(
+    grant(
+        &mut ol,
         &owner,
         &root,
-        ctid,
-        &[
-            (Role::Device, device_kem.public(), None),
-            (Role::Provider, keys.kem_public(), Some(&keys.public())),
-        ],
-    )
-    .await;
-    let grant = Grant::new(
         &request,
-        device.public(),
-        fields,
-        Resolution::Raw,
+        &keys,
+        GrantedDevice::Absent(device.public(), device_kem.public()),
         now_ms() / 1000 + 1800,
     )
-    .unwrap();
-    let granted = LogWriter::new(ctid, Role::Owner)
-        .append(
-            &owner,
-            &root.thread_key(&ctid),
-            now_ms(),
-            &Event::ConsentGranted(Box::new(grant)),
-        )
-        .unwrap();
-    ol.publish(topics::log_entry(&ctid, 1, 0), granted).await;
+    .await;
     wait_event(&mut provider, &mut log, "grant", |e| {
         matches!(e, ProviderEvent::Granted { .. })
     })

@@ -5,6 +5,8 @@
 //! - [`channel`]: sealed, signed, hash-linked channels; key rotation; key delivery.
 //! - [`consent`]: data scopes, provider request links, the owner's consent log, receipts.
 //! - [`pairing`]: the QR payload and the claim/challenge/answer/result exchange.
+//! - [`passphrase`]: Argon2id + XChaCha20-Poly1305 protection of secret files (recovery kit,
+//!   provider key file).
 //! - [`topics`]: the MQTT topic layout; [`mqtt`] (feature `mqtt`): the connection all parties use.
 //! - [`wire`]: the byte codec all messages use.
 //! - [`view`]: consented views: the reading/aggregate JSON a provider receives in a channel.
@@ -32,6 +34,7 @@ pub mod dsmr;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod pairing;
+pub mod passphrase;
 #[cfg(feature = "qr")]
 pub mod qr;
 pub mod topics;

@@ -8,7 +8,6 @@
 //! timing.
 
 use std::{
-    collections::BTreeSet,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -479,11 +478,8 @@ pub struct Prov {
 
 impl Prov {
     pub async fn connect(url: &str, name: &str) -> Self {
-        let keys = ProviderKeys::generate(KemSuite::DEFAULT);
-        let dir = tempfile::tempdir().expect("tempdir");
         let client_id = format!("scenario-{name}-{}", OpaqueId::random());
-        let client = Provider::connect_with(keys.duplicate(), url, dir.path(), options(&client_id))
-            .expect("provider connects");
+        let (keys, client, dir) = connect_provider(url, &client_id);
         let mut p = Self {
             name: name.into(),
             keys,
@@ -529,23 +525,12 @@ impl Prov {
 
     /// A signed request link.
     pub fn request(&self, fields: FieldSet, resolution: Resolution, valid_for_s: u64) -> String {
-        RequestBuilder::new(format!("{} B.V.", self.name), "privacy@example.org")
-            .purpose(format!("{} scenario", self.name))
-            .fields(fields)
-            .resolution(resolution)
-            .retention_days(7)
-            .valid_for(valid_for_s)
-            .build(&self.keys)
-            .expect("request")
-            .to_link()
+        request_link(&self.keys, &self.name, fields, resolution, valid_for_s)
     }
 
     /// The consent id a request link will get.
     pub fn consent_of(link: &str) -> OpaqueId {
-        SignedRequest::from_link(link, now_s())
-            .expect("link")
-            .into_signed()
-            .consent_id()
+        signed_request(link).consent_id()
     }
 
     /// Collects events until one matches `pred`.
@@ -610,15 +595,7 @@ impl Prov {
 
     /// Sequence numbers of every reading of `consent` seen so far, in order.
     pub fn reading_seqs(&self, consent: &OpaqueId) -> Vec<u64> {
-        self.log
-            .iter()
-            .filter_map(|e| match e {
-                ProviderEvent::Reading {
-                    consent: c, seq, ..
-                } if c == consent => Some(*seq),
-                _ => None,
-            })
-            .collect()
+        reading_seqs(&self.log, consent)
     }
 
     /// Gap events of `consent` (records lost in its stream).
@@ -639,19 +616,77 @@ impl Prov {
     }
 }
 
-fn options(client_id: &str) -> ProviderOptions {
-    ProviderOptions {
+/// A provider SDK client with fresh keys and a fresh data directory (keep it: the client's
+/// state lives there), connecting as MQTT client `client_id`.
+pub fn connect_provider(url: &str, client_id: &str) -> (ProviderKeys, Provider, tempfile::TempDir) {
+    let keys = ProviderKeys::generate(KemSuite::DEFAULT);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = ProviderOptions {
         client_id: Some(client_id.to_string()),
         ..ProviderOptions::default()
-    }
+    };
+    let client = Provider::connect_with(keys.duplicate(), url, dir.path(), options)
+        .expect("provider connects");
+    (keys, client, dir)
+}
+
+/// A signed request link of provider `name` (organisation "`name` B.V.").
+pub fn request_link(
+    keys: &ProviderKeys,
+    name: &str,
+    fields: FieldSet,
+    resolution: Resolution,
+    valid_for_s: u64,
+) -> String {
+    RequestBuilder::new(format!("{name} B.V."), "privacy@example.org")
+        .purpose(format!("{name} scenario"))
+        .fields(fields)
+        .resolution(resolution)
+        .retention_days(7)
+        .valid_for(valid_for_s)
+        .build(keys)
+        .expect("request")
+        .to_link()
+}
+
+/// The request a link carries, checked now.
+pub fn signed_request(link: &str) -> SignedRequest {
+    SignedRequest::from_link(link, now_s())
+        .expect("link")
+        .into_signed()
+}
+
+/// Sequence numbers of the readings of `consent` among `events`, in order.
+pub fn reading_seqs(events: &[ProviderEvent], consent: &OpaqueId) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProviderEvent::Reading {
+                consent: c, seq, ..
+            } if c == consent => Some(*seq),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Asserts that sequence numbers go up by exactly one (nothing lost, nothing twice).
 pub fn assert_contiguous(what: &str, seqs: &[u64]) {
-    let uniq: BTreeSet<u64> = seqs.iter().copied().collect();
-    assert_eq!(uniq.len(), seqs.len(), "{what}: duplicates in {seqs:?}");
-    assert!(
-        seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "{what}: not contiguous: {seqs:?}"
-    );
+    assert_consecutive(seqs, &[], what);
+}
+
+/// Readings arrive once each and in order: strictly consecutive sequence numbers, except
+/// over `rotations` (rotation records take sequence numbers too, so a step of more than one
+/// must be exactly over rotation records).
+pub fn assert_consecutive(seqs: &[u64], rotations: &[u64], what: &str) {
+    for w in seqs.windows(2) {
+        assert!(w[1] > w[0], "{what}: not in order or duplicated: {seqs:?}");
+        for s in w[0] + 1..w[1] {
+            assert!(
+                rotations.contains(&s),
+                "{what}: reading {s} missing between {} and {}: {seqs:?}",
+                w[0],
+                w[1]
+            );
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! another device can take over the identity and rebuild its state from the signed logs on the
 //! broker ([`crate::Wallet::init_with_identity`], then [`crate::Wallet::sync`]).
 //!
-//! The protection is the scheme of the provider's key file (`provider/src/keys.rs`):
+//! The protection is [`p1consent_shared::passphrase`], as in the provider's key file:
 //! Argon2id stretches the passphrase into an XChaCha20-Poly1305 key, and every header byte is
 //! authenticated as associated data.
 //!
@@ -22,10 +22,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use argon2::{Algorithm, Argon2, Params, Version};
-use p1consent_shared::crypto::{self, NONCE_LEN, SymmetricKey, TAG_LEN};
+use p1consent_shared::{
+    crypto::TAG_LEN,
+    passphrase::{PARAMS_LEN, PassphraseError, ProtectedSection, seal_after_header},
+};
 use thiserror::Error;
 use zeroize::Zeroizing;
+
+pub use p1consent_shared::passphrase::KdfParams;
 
 use crate::{
     identity::{KEM_SECRET, OwnerIdentity, SIGNING_SECRET},
@@ -36,9 +40,10 @@ pub const MAGIC: &[u8; 8] = b"P1CRKIT\0";
 pub const VERSION: u8 = 1;
 /// Argon2id (v0x13) + XChaCha20-Poly1305.
 pub const SUITE_ARGON2ID_XCHACHA: u8 = 0x01;
-const SALT_LEN: usize = 16;
+/// magic, version, suite: what comes before the passphrase-protected section.
+const PREFIX_LEN: usize = 8 + 1 + 1;
 /// magic, version, suite, three u32 costs, salt, nonce.
-pub const HEADER_LEN: usize = 8 + 1 + 1 + 12 + SALT_LEN + NONCE_LEN;
+pub const HEADER_LEN: usize = PREFIX_LEN + PARAMS_LEN;
 const KEYS_LEN: usize = 32 + 1 + 32;
 /// Longest broker address carried along.
 pub const MAX_BROKER_LEN: usize = 1024;
@@ -77,60 +82,14 @@ pub enum RecoveryError {
     Kdf(String),
 }
 
-/// Argon2id cost parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KdfParams {
-    /// Memory in KiB.
-    pub m_cost_kib: u32,
-    /// Iterations.
-    pub t_cost: u32,
-    /// Lanes.
-    pub p_cost: u32,
-}
-
-impl Default for KdfParams {
-    /// 64 MiB, 3 passes, 1 lane (as the provider's key file).
-    fn default() -> Self {
-        Self {
-            m_cost_kib: 64 * 1024,
-            t_cost: 3,
-            p_cost: 1,
+impl From<PassphraseError> for RecoveryError {
+    fn from(e: PassphraseError) -> Self {
+        match e {
+            PassphraseError::CostOutOfRange(what) => RecoveryError::Damaged(what),
+            PassphraseError::WrongPassphraseOrTampered => RecoveryError::WrongPassphraseOrTampered,
+            PassphraseError::CutShort => RecoveryError::Damaged("cut short"),
+            PassphraseError::Kdf(e) => RecoveryError::Kdf(e),
         }
-    }
-}
-
-impl KdfParams {
-    /// Cheap parameters for tests only (8 MiB, 1 pass).
-    pub fn insecure_fast() -> Self {
-        Self {
-            m_cost_kib: 8 * 1024,
-            t_cost: 1,
-            p_cost: 1,
-        }
-    }
-
-    fn check(&self) -> Result<(), RecoveryError> {
-        // A hostile file must not make us allocate gigabytes or spin for minutes.
-        if !(8 * 1024..=1024 * 1024).contains(&self.m_cost_kib) {
-            return Err(RecoveryError::Damaged("Argon2 memory cost out of range"));
-        }
-        if !(1..=64).contains(&self.t_cost) || !(1..=16).contains(&self.p_cost) {
-            return Err(RecoveryError::Damaged(
-                "Argon2 time or lane cost out of range",
-            ));
-        }
-        Ok(())
-    }
-
-    fn derive(&self, passphrase: &[u8], salt: &[u8]) -> Result<SymmetricKey, RecoveryError> {
-        self.check()?;
-        let params = Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32))
-            .map_err(|e| RecoveryError::Kdf(e.to_string()))?;
-        let mut out = Zeroizing::new([0u8; 32]);
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-            .hash_password_into(passphrase, salt, &mut out[..])
-            .map_err(|e| RecoveryError::Kdf(e.to_string()))?;
-        Ok(SymmetricKey::from_bytes(*out))
     }
 }
 
@@ -175,16 +134,7 @@ pub fn seal(
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.push(SUITE_ARGON2ID_XCHACHA);
-    out.extend_from_slice(&params.m_cost_kib.to_be_bytes());
-    out.extend_from_slice(&params.t_cost.to_be_bytes());
-    out.extend_from_slice(&params.p_cost.to_be_bytes());
-    let salt = crypto::random_bytes::<SALT_LEN>();
-    out.extend_from_slice(&salt);
-    let key = params.derive(passphrase.as_bytes(), &salt)?;
-    let nonce = crypto::random_bytes::<NONCE_LEN>();
-    out.extend_from_slice(&nonce);
-    let ct = crypto::seal_with_nonce(&key, &nonce, &out, &payload);
-    out.extend_from_slice(&ct);
+    seal_after_header(&mut out, passphrase.as_bytes(), params, &payload)?;
     Ok(out)
 }
 
@@ -209,20 +159,7 @@ pub fn open(bytes: &[u8], passphrase: &str) -> Result<Recovered, RecoveryError> 
     if bytes.len() < HEADER_LEN + KEYS_LEN + 2 + TAG_LEN {
         return Err(RecoveryError::Damaged("cut short"));
     }
-    let u32_at =
-        |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    let params = KdfParams {
-        m_cost_kib: u32_at(10),
-        t_cost: u32_at(14),
-        p_cost: u32_at(18),
-    };
-    params.check()?;
-    let salt = &bytes[22..22 + SALT_LEN];
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&bytes[22 + SALT_LEN..HEADER_LEN]);
-    let key = params.derive(passphrase.as_bytes(), salt)?;
-    let payload = crypto::open(&key, &nonce, &bytes[..HEADER_LEN], &bytes[HEADER_LEN..])
-        .map_err(|_| RecoveryError::WrongPassphraseOrTampered)?;
+    let payload = ProtectedSection::parse(bytes, PREFIX_LEN)?.open(passphrase.as_bytes())?;
     parse_payload(&payload)
 }
 

@@ -15,13 +15,15 @@ use std::{
     time::Duration,
 };
 
-use p1consent_provider::{
-    Provider, ProviderEvent, ProviderKeys, ProviderOptions, RequestBuilder, now_ms,
+use p1consent_provider::{ProviderEvent, ProviderKeys, now_ms};
+pub use p1consent_scenarios::{Spy, WAIT, assert_consecutive, channel_records};
+use p1consent_scenarios::{
+    connect_provider, now_s, open_captured, reading_seqs, request_link, signed_request,
 };
 use p1consent_shared::{
-    channel::{self, ChannelReader, OpenError, Opened, RecordHeader, RecordKind},
+    channel::{self, RecordHeader},
     consent::{
-        Field, FieldSet, OwnerRoot, Resolution, Role, SignedRequest, ThreadEnvelope,
+        Field, FieldSet, OwnerRoot, Resolution, Role, ThreadEnvelope,
         log::{Event, Grant, LogWriter},
     },
     crypto::{KemSuite, OpaqueId, PublicId, SigningIdentity},
@@ -30,8 +32,6 @@ use p1consent_shared::{
 };
 use pi_agent::{identity::DeviceIdentity, store::Store};
 use tokio::sync::mpsc;
-
-pub const WAIT: Duration = Duration::from_secs(60);
 
 // ------------------------------------------------------------------------ agent binary
 
@@ -277,8 +277,6 @@ impl Drop for AgentProcess {
     }
 }
 
-pub use p1consent_scenarios::{Spy, channel_records};
-
 pub fn max_seq(records: &[Vec<u8>]) -> Option<u64> {
     records
         .iter()
@@ -315,49 +313,37 @@ pub fn verify_chain(records: &[Vec<u8>], ch: &OpaqueId) -> Vec<RecordHeader> {
     headers
 }
 
-/// Opens the captured chain with a reader built from a captured key delivery, from the
-/// delivery's position on: how many records it opened before a rotation left it out, the
-/// seq of that rotation, and how many later records it was refused.
+/// What a reader built from a captured key delivery did with the captured chain, from the
+/// delivery's position on: records it opened before a rotation left it out, the seq of that
+/// rotation, and how many later records it was refused.
 pub struct CutOff {
     pub opened: usize,
     pub cut_at: Option<u64>,
     pub refused_after: usize,
 }
 
+/// [`open_captured`] with `keys`; after the cut nothing may open, and every refusal must be
+/// for want of the key (not a damaged record).
 pub fn open_as(
     delivery: &[u8],
     device: &PublicId,
     keys: &ProviderKeys,
     records: &[Vec<u8>],
 ) -> CutOff {
-    let mut reader = ChannelReader::from_delivery(delivery, device, keys.kem()).unwrap();
-    let start = reader.next_seq();
-    let mut by_seq: std::collections::BTreeMap<u64, &Vec<u8>> = Default::default();
-    for r in records {
-        let h = channel::peek(r).unwrap();
-        if h.seq >= start {
-            by_seq.insert(h.seq, r);
-        }
+    let opening = open_captured(delivery, device, keys.kem(), records);
+    assert!(opening.opened_after_cut.is_empty(), "{opening:?}");
+    assert!(
+        opening
+            .refused
+            .iter()
+            .all(|(_, e)| e == "NotAuthorised" || e.starts_with("UnknownEpoch")),
+        "{opening:?}"
+    );
+    CutOff {
+        opened: opening.opened.len(),
+        cut_at: opening.cut_at,
+        refused_after: opening.refused.len(),
     }
-    let mut out = CutOff {
-        opened: 0,
-        cut_at: None,
-        refused_after: 0,
-    };
-    for (seq, r) in by_seq {
-        match (out.cut_at, reader.open(r)) {
-            (None, Ok(Opened::Data { .. } | Opened::Rotated { .. })) => out.opened += 1,
-            (None, Err(OpenError::NotAuthorised)) => {
-                assert_eq!(channel::peek(r).unwrap().kind, RecordKind::Rotation);
-                out.cut_at = Some(seq);
-            }
-            (Some(_), Err(OpenError::NotAuthorised | OpenError::UnknownEpoch { .. })) => {
-                out.refused_after += 1
-            }
-            (c, res) => panic!("record {seq} (cut {c:?}): unexpected {res:?}"),
-        }
-    }
-    out
 }
 
 // ------------------------------------------------------------------------ owner
@@ -465,20 +451,7 @@ impl Owner {
     /// so one channel).
     pub async fn grant(&mut self, keys: &ProviderKeys, name: &str) -> Granted {
         let fields = view_fields();
-        let request: SignedRequest = SignedRequest::from_link(
-            &RequestBuilder::new(name, "dpo@example.org")
-                .purpose("Crash test")
-                .fields(fields)
-                .resolution(Resolution::Raw)
-                .retention_days(1)
-                .valid_for(3600)
-                .build(keys)
-                .unwrap()
-                .to_link(),
-            now_ms() / 1000,
-        )
-        .unwrap()
-        .into_signed();
+        let request = signed_request(&request_link(keys, name, fields, Resolution::Raw, 3600));
         let consent = request.consent_id();
         let ctid = self.root.consent_thread_id(&self.device, &keys.public());
         let env = ThreadEnvelope::create(
@@ -508,7 +481,7 @@ impl Owner {
             self.device,
             fields,
             Resolution::Raw,
-            now_ms() / 1000 + 3600,
+            now_s() + 3600,
         )
         .unwrap();
         let mut writer = LogWriter::new(ctid, Role::Owner);
@@ -569,18 +542,7 @@ pub struct ProviderTask {
 
 impl ProviderTask {
     pub async fn start(url: &str, client_id: &str) -> Self {
-        let keys = ProviderKeys::generate(KemSuite::DEFAULT);
-        let dir = tempfile::tempdir().unwrap();
-        let mut provider = Provider::connect_with(
-            keys.duplicate(),
-            url,
-            dir.path(),
-            ProviderOptions {
-                client_id: Some(client_id.into()),
-                ..ProviderOptions::default()
-            },
-        )
-        .unwrap();
+        let (keys, mut provider, dir) = connect_provider(url, client_id);
         let events = Arc::new(Mutex::new(Vec::new()));
         let e2 = events.clone();
         let task = tokio::spawn(async move {
@@ -625,15 +587,7 @@ impl ProviderTask {
 
     /// Sequence numbers of the readings received for `consent`, in arrival order.
     pub fn reading_seqs(&self, consent: &OpaqueId) -> Vec<u64> {
-        self.events()
-            .iter()
-            .filter_map(|e| match e {
-                ProviderEvent::Reading {
-                    consent: c, seq, ..
-                } if c == consent => Some(*seq),
-                _ => None,
-            })
-            .collect()
+        reading_seqs(&self.events.lock().unwrap(), consent)
     }
 
     pub async fn wait_readings_past(&self, consent: &OpaqueId, seq: u64, what: &str) {
@@ -648,23 +602,6 @@ impl ProviderTask {
 impl Drop for ProviderTask {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// Readings arrive once each and in order: strictly consecutive sequence numbers (the
-/// rotation records in between count as records too, so a step of more than one must be
-/// exactly over rotation records).
-pub fn assert_consecutive(seqs: &[u64], rotations: &[u64], what: &str) {
-    for w in seqs.windows(2) {
-        assert!(w[1] > w[0], "{what}: not in order or duplicated: {seqs:?}");
-        for s in w[0] + 1..w[1] {
-            assert!(
-                rotations.contains(&s),
-                "{what}: reading {s} missing between {} and {}: {seqs:?}",
-                w[0],
-                w[1]
-            );
-        }
     }
 }
 
