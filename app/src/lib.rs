@@ -198,13 +198,15 @@ fn os_key_store() -> (SecretsFactory, String) {
 }
 
 /// Hands a `p1consent://` link to the UI: kept until the UI asks (start-up) and sent as an
-/// event (already running), and the window is brought to the front.
+/// event (already running), and on the desktop the window is brought to the front.
 fn forward_link(app: &AppHandle, url: &str) {
     if !is_our_link(url) {
         return;
     }
     app.state::<AppCore>().set_pending_link(url.to_string());
     let _ = app.emit(LINK_EVENT, url.to_string());
+    // Window placement is desktop-only in Tauri (on a phone the system brings the app up).
+    #[cfg(desktop)]
     if let Some(w) = app.get_webview_window("main") {
         let _ = w.unminimize();
         let _ = w.show();
