@@ -1,17 +1,26 @@
-//! P1 Consent desktop app: a Tauri window over the wallet library.
+//! P1 Consent wallet app: a Tauri window over the wallet library (desktop; mobile configured).
 //!
 //! - [`core`]: the command layer (plain Rust, tested without a window).
-//! - [`keyring_store`]: the owner's keys in the operating system's keyring.
-//! - [`run`]: the Tauri app: thin `#[tauri::command]`s over [`core::AppCore`], `p1consent://`
-//!   links (deep-link + single-instance plugins) forwarded to the UI.
+//! - [`keyring_store`]: the owner's keys in the operating system's key store (Linux, macOS,
+//!   Windows, iOS); [`no_key_store`]: what other platforms (Android) get instead.
+//! - [`run`]: the Tauri app (also the mobile entry point): thin `#[tauri::command]`s over
+//!   [`core::AppCore`], `p1consent://` links (deep-link plugin, plus single-instance on the
+//!   desktop) forwarded to the UI.
 //!
 //! Settings (environment): `P1CONSENT_DATA_DIR` (default: the platform's app data folder),
 //! `P1CONSENT_SECRET_STORE=keyring|file` (default `keyring`; `file` keeps the keys in
 //! `secrets.json` in the data folder, as the CLI does), `P1CONSENT_BROKER` (broker URL override).
 
 pub mod core;
-#[cfg(any(target_os = "linux", target_os = "macos", target_os = "windows"))]
+// The platforms whose key store `Cargo.toml` enables in the `keyring` crate; keep in sync.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "windows"
+))]
 pub mod keyring_store;
+pub mod no_key_store;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -143,33 +152,61 @@ pub const COMMANDS: &[&str] = &[
 ];
 
 /// The secret store chosen by `P1CONSENT_SECRET_STORE` (`keyring`, the default, or `file`).
+/// `keyring` is the platform's key store; where there is none (Android) it is [`NoKeyStore`],
+/// which refuses to keep keys, never a file in clear.
+///
+/// [`NoKeyStore`]: no_key_store::NoKeyStore
 pub fn secrets_from_env() -> Result<(SecretsFactory, String), String> {
     let kind = std::env::var("P1CONSENT_SECRET_STORE").unwrap_or_else(|_| "keyring".into());
     match kind.as_str() {
         "file" => Ok((Arc::new(|dir| Wallet::file_secrets(dir)), "file".into())),
-        #[cfg(any(target_os = "linux", target_os = "macos", target_os = "windows"))]
-        "keyring" => Ok((
-            Arc::new(|dir| {
-                Box::new(keyring_store::KeyringSecretStore::new(
-                    dir.display().to_string(),
-                ))
-            }),
-            "keyring".into(),
-        )),
+        "keyring" => Ok(os_key_store()),
         other => Err(format!(
             "P1CONSENT_SECRET_STORE={other} is not supported (use keyring or file)"
         )),
     }
 }
 
+#[cfg(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "windows"
+))]
+fn os_key_store() -> (SecretsFactory, String) {
+    (
+        Arc::new(|dir| {
+            Box::new(keyring_store::KeyringSecretStore::new(
+                dir.display().to_string(),
+            ))
+        }),
+        "keyring".into(),
+    )
+}
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "windows"
+)))]
+fn os_key_store() -> (SecretsFactory, String) {
+    (
+        Arc::new(|_| Box::new(no_key_store::NoKeyStore)),
+        "none".into(),
+    )
+}
+
 /// Hands a `p1consent://` link to the UI: kept until the UI asks (start-up) and sent as an
-/// event (already running), and the window is brought to the front.
+/// event (already running), and on the desktop the window is brought to the front.
 fn forward_link(app: &AppHandle, url: &str) {
     if !is_our_link(url) {
         return;
     }
     app.state::<AppCore>().set_pending_link(url.to_string());
     let _ = app.emit(LINK_EVENT, url.to_string());
+    // Window placement is desktop-only in Tauri (on a phone the system brings the app up).
+    #[cfg(desktop)]
     if let Some(w) = app.get_webview_window("main") {
         let _ = w.unminimize();
         let _ = w.show();
@@ -177,7 +214,9 @@ fn forward_link(app: &AppHandle, url: &str) {
     }
 }
 
-/// Starts the app (blocks until the window closes).
+/// Starts the app (blocks until the window closes); on Android and iOS the entry point the
+/// generated mobile project calls.
+#[cfg_attr(mobile, tauri::mobile_entry_point)]
 pub fn run() {
     let (secrets, kind) = match secrets_from_env() {
         Ok(s) => s,
@@ -192,13 +231,16 @@ pub fn run() {
             .filter(|b| !b.is_empty()),
         ..WalletOptions::default()
     };
-    tauri::Builder::default()
-        // Must come first: a second start hands its arguments (the link) to this one.
-        .plugin(tauri_plugin_single_instance::init(|app, argv, _cwd| {
-            if let Some(url) = argv.iter().find(|a| is_our_link(a)) {
-                forward_link(app, url);
-            }
-        }))
+    let builder = tauri::Builder::default();
+    // Desktop only (mobile systems keep one instance themselves). Must come first: a second
+    // start hands its arguments (the link) to this one.
+    #[cfg(desktop)]
+    let builder = builder.plugin(tauri_plugin_single_instance::init(|app, argv, _cwd| {
+        if let Some(url) = argv.iter().find(|a| is_our_link(a)) {
+            forward_link(app, url);
+        }
+    }));
+    builder
         .plugin(tauri_plugin_deep_link::init())
         .setup(move |app| {
             let dir = match std::env::var_os("P1CONSENT_DATA_DIR") {
