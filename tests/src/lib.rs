@@ -170,6 +170,16 @@ pub struct Opening {
     pub opened_after_cut: Vec<u64>,
 }
 
+impl Opening {
+    /// Every refusal was for want of the key (left out of the rotation, or an epoch it never
+    /// got), not a damaged record.
+    pub fn refused_only_for_want_of_key(&self) -> bool {
+        self.refused
+            .iter()
+            .all(|(_, e)| e == "NotAuthorised" || e.starts_with("UnknownEpoch"))
+    }
+}
+
 /// Replays captured channel records (sorted by sequence, duplicates dropped) into a reader
 /// made from `delivery` with `kem`: everything up to the rotation that removed the reader
 /// opens; after it, nothing may.

@@ -332,13 +332,7 @@ pub fn open_as(
 ) -> CutOff {
     let opening = open_captured(delivery, device, keys.kem(), records);
     assert!(opening.opened_after_cut.is_empty(), "{opening:?}");
-    assert!(
-        opening
-            .refused
-            .iter()
-            .all(|(_, e)| e == "NotAuthorised" || e.starts_with("UnknownEpoch")),
-        "{opening:?}"
-    );
+    assert!(opening.refused_only_for_want_of_key(), "{opening:?}");
     CutOff {
         opened: opening.opened.len(),
         cut_at: opening.cut_at,
