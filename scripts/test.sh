@@ -12,6 +12,10 @@ echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
+echo "== the app's keys in a real Secret Service (gnome-keyring on a private D-Bus session)"
+scripts/test-keyring.sh
+echo "== the app in its real window (Xvfb, tauri-driver, WebKitWebDriver), screenshots in target/e2e-screenshots"
+scripts/test-app-e2e.sh
 echo "== pi-agent for the Raspberry Pi (aarch64)"
 if ensure_aarch64_target; then
     cargo check --locked --target aarch64-unknown-linux-gnu -p pi-agent

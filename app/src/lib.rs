@@ -214,6 +214,24 @@ fn forward_link(app: &AppHandle, url: &str) {
     }
 }
 
+/// The D-Bus name base of the single-instance plugin (Linux): one running app per wallet.
+/// The default wallet uses the app identifier; a wallet in a data folder of its own
+/// (`P1CONSENT_DATA_DIR`) gets a name of its own, so a second wallet (another owner, or a
+/// test's second device) is not handed to the first one, including while that one exits.
+#[cfg(target_os = "linux")]
+fn single_instance_id(identifier: &str, data_dir: Option<&std::ffi::OsStr>) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    match data_dir {
+        None => identifier.to_string(),
+        Some(dir) => {
+            // Same binary, same hasher keys: every start with this folder gets this name.
+            let mut h = DefaultHasher::new();
+            dir.hash(&mut h);
+            format!("{identifier}.w{:016x}", h.finish())
+        }
+    }
+}
+
 /// Starts the app (blocks until the window closes); on Android and iOS the entry point the
 /// generated mobile project calls.
 #[cfg_attr(mobile, tauri::mobile_entry_point)]
@@ -231,15 +249,24 @@ pub fn run() {
             .filter(|b| !b.is_empty()),
         ..WalletOptions::default()
     };
+    let context = tauri::generate_context!("../tauri.conf.json");
     let builder = tauri::Builder::default();
     // Desktop only (mobile systems keep one instance themselves). Must come first: a second
     // start hands its arguments (the link) to this one.
     #[cfg(desktop)]
-    let builder = builder.plugin(tauri_plugin_single_instance::init(|app, argv, _cwd| {
-        if let Some(url) = argv.iter().find(|a| is_our_link(a)) {
-            forward_link(app, url);
-        }
-    }));
+    let builder = {
+        let single = tauri_plugin_single_instance::Builder::new().callback(|app, argv, _cwd| {
+            if let Some(url) = argv.iter().find(|a| is_our_link(a)) {
+                forward_link(app, url);
+            }
+        });
+        #[cfg(target_os = "linux")]
+        let single = single.dbus_id(single_instance_id(
+            &context.config().identifier,
+            std::env::var_os("P1CONSENT_DATA_DIR").as_deref(),
+        ));
+        builder.plugin(single.build())
+    };
     builder
         .plugin(tauri_plugin_deep_link::init())
         .setup(move |app| {
@@ -296,6 +323,38 @@ pub fn run() {
             import_recovery,
             take_pending_link
         ])
-        .run(tauri::generate_context!("../tauri.conf.json"))
+        .run(context)
         .expect("error while running the P1 Consent app");
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::single_instance_id;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn each_wallet_folder_has_its_own_valid_single_instance_name() {
+        let id = "org.p1consent.wallet";
+        assert_eq!(single_instance_id(id, None), id);
+        let a = single_instance_id(id, Some(OsStr::new("/home/a/wallet")));
+        let b = single_instance_id(id, Some(OsStr::new("/home/b/wallet")));
+        assert_eq!(
+            a,
+            single_instance_id(id, Some(OsStr::new("/home/a/wallet")))
+        );
+        assert_ne!(a, b);
+        assert_ne!(a, id);
+        // A D-Bus well-known name: dot-separated elements of [A-Za-z0-9_-], none starting
+        // with a digit, at most 255 bytes (with the plugin's ".SingleInstance").
+        let full = format!("{a}.SingleInstance");
+        assert!(full.len() <= 255);
+        for element in full.split('.') {
+            assert!(!element.is_empty() && !element.starts_with(|c: char| c.is_ascii_digit()));
+            assert!(
+                element
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            );
+        }
+    }
 }

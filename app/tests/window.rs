@@ -169,6 +169,12 @@ impl Window {
         e.send_keys(text)
             .await
             .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+        // The field must hold exactly what was typed (a re-render must not have eaten it).
+        let value = e
+            .prop("value")
+            .await
+            .unwrap_or_else(|e| panic!("value of {css}: {e}"));
+        assert_eq!(value.as_deref(), Some(text), "{css} after typing");
     }
 
     /// Clicks `button_css` until the element `css` shows `ok` (a refresh button).
@@ -325,6 +331,44 @@ async fn scenario(w: Window, world: World, mut prov: Prov, data: PathBuf, kit: P
     w.wait_text("the meter list", "ul.cards", |t| t.contains("Meter hall"))
         .await;
     w.shot("04-paired").await;
+
+    // 5a. A request link opened from a web page: the desktop starts the app with the link
+    // (`%u`); that second start hands it to this window over D-Bus and exits. The owner
+    // reads it and declines.
+    w.click("#nav-devices").await;
+    let declined = prov.request(
+        FieldSet::empty().with(Field::PowerDelivered),
+        Resolution::Raw,
+        600,
+    );
+    let second = {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_p1consent-app"))
+                .arg(&declined)
+                .env("P1CONSENT_DATA_DIR", &data)
+                .stdin(Stdio::null())
+                .status()
+        })
+    };
+    let second = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("the second start did not hand over its link and exit")
+        .expect("join")
+        .expect("start the app a second time");
+    assert!(second.success(), "second start: {second}");
+    w.wait_message("the forwarded request", "is genuine").await;
+    w.wait_text("the forwarded request card", "article.card", |t| {
+        t.contains("Wattt B.V.") && t.contains("Why")
+    })
+    .await;
+    w.shot("05a-request-from-a-link").await;
+    w.click("article.card .actions button:not(.primary)").await;
+    w.wait_message("the decline", "You declined").await;
+    w.wait_text("no request waiting", "main", |t| {
+        t.contains("No request is waiting.")
+    })
+    .await;
 
     // 5. Open a provider's request link: shown in plain words.
     let link = prov.request(

@@ -37,7 +37,7 @@ const SECRET_LEN: usize = 32 + 1 + 32;
 /// Body of a passphrase-protected file: costs, salt, nonce, sealed secret.
 const PROTECTED_BODY_LEN: usize = passphrase::OVERHEAD + SECRET_LEN;
 const CHECK_LABEL: &str = "p1consent-provider/v1/keyfile-check";
-/// Largest key file accepted (the real ones are 97 or 138 bytes).
+/// Largest key file accepted (the real ones are 107 bytes plain, 143 protected).
 pub const MAX_KEY_FILE: u64 = 4096;
 
 /// Why a key file could not be written or read.

@@ -245,30 +245,13 @@ fn Welcome() -> impl IntoView {
             busy.set(false);
         });
     };
+    // Only the set-up state chooses the form: a status update while the owner types into
+    // the restore form must not rebuild it (that emptied the fields).
+    let initialised = Memo::new(move |_| ctx.status.get().initialised);
     view! {
         {move || {
-            let s = ctx.status.get();
-            if s.initialised {
-                view! {
-                    <p>"This wallet is set up."</p>
-                    <dl>
-                        <dt>"Your owner key"</dt>
-                        <dd class="mono">{s.owner.clone().unwrap_or_default()}</dd>
-                        <dt>"Keys are kept in"</dt>
-                        <dd>
-                            {if s.secret_store == "keyring" {
-                                "the system keyring".to_string()
-                            } else {
-                                format!("a file in {}", s.data_dir)
-                            }}
-                        </dd>
-                        <dt>"Paired meters"</dt>
-                        <dd>{s.devices}</dd>
-                        <dt>"Requests waiting for an answer"</dt>
-                        <dd>{s.pending_requests}</dd>
-                    </dl>
-                }
-                    .into_any()
+            if initialised.get() {
+                view! { <WalletSummary /> }.into_any()
             } else {
                 view! {
                     <p>
@@ -293,6 +276,34 @@ fn Welcome() -> impl IntoView {
                     .into_any()
             }
         }}
+    }
+}
+
+/// What a set-up wallet shows on its Welcome page; follows the status as it changes.
+#[component]
+fn WalletSummary() -> impl IntoView {
+    let ctx = ctx();
+    move || {
+        let s = ctx.status.get();
+        view! {
+            <p>"This wallet is set up."</p>
+            <dl>
+                <dt>"Your owner key"</dt>
+                <dd class="mono">{s.owner.clone().unwrap_or_default()}</dd>
+                <dt>"Keys are kept in"</dt>
+                <dd>
+                    {if s.secret_store == "keyring" {
+                        "the system keyring".to_string()
+                    } else {
+                        format!("a file in {}", s.data_dir)
+                    }}
+                </dd>
+                <dt>"Paired meters"</dt>
+                <dd>{s.devices}</dd>
+                <dt>"Requests waiting for an answer"</dt>
+                <dd>{s.pending_requests}</dd>
+            </dl>
+        }
     }
 }
 
@@ -551,15 +562,17 @@ fn RequestPage() -> impl IntoView {
             ctx.refresh_status();
         });
     };
-    let check = move || {
-        let link = ctx.link.get_untracked();
+    // What the owner types or pastes; checked when they press the button (checking while
+    // they type would judge half a link). A link opened from a web page arrives in ctx.link.
+    let typed = RwSignal::new(String::new());
+    let check = move |link: String| {
         if link.trim().is_empty() {
             return;
         }
         spawn_local(async move {
             match call::<Request>("open_request", LinkArgs { link }).await {
                 Ok(r) => {
-                    ctx.link.set(String::new());
+                    typed.set(String::new());
                     ctx.ok(format!(
                         "The request from {} is genuine. Review it below.",
                         r.controller
@@ -573,10 +586,12 @@ fn RequestPage() -> impl IntoView {
         });
     };
     load();
-    // A link opened from a web page (or passed at start) is checked straight away.
+    // A link opened from a web page (or passed at start) is checked straight away, once.
     Effect::new(move |_| {
-        if ctx.link.get().starts_with("p1consent://request") {
-            check();
+        let link = ctx.link.get();
+        if link.starts_with("p1consent://request") {
+            ctx.link.set(String::new());
+            check(link);
         }
     });
     let on_done = Callback::new(move |_| load());
@@ -586,10 +601,12 @@ fn RequestPage() -> impl IntoView {
         <textarea
             id="request-link"
             rows="3"
-            prop:value=move || ctx.link.get()
-            on:input=move |ev| ctx.link.set(event_target_value(&ev))
+            prop:value=move || typed.get()
+            on:input=move |ev| typed.set(event_target_value(&ev))
         ></textarea>
-        <button id="check-request" on:click=move |_| check()>"Check this request"</button>
+        <button id="check-request" on:click=move |_| check(typed.get_untracked())>
+            "Check this request"
+        </button>
         <h3>"Waiting for your answer"</h3>
         {move || {
             let p = pending.get();
