@@ -64,9 +64,9 @@ async fn devices(core: State<'_, AppCore>) -> CmdResult<Vec<DeviceView>> {
 async fn own_usage(
     core: State<'_, AppCore>,
     device: String,
-    since_ms: u64,
+    since: u64,
 ) -> CmdResult<core::OwnUsage> {
-    core.own_usage(device, since_ms).await
+    core.own_usage(device, since).await
 }
 
 #[tauri::command]
