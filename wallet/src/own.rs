@@ -194,9 +194,7 @@ impl Wallet {
             })
             .collect();
         v.sort_by_key(|c| c.granted_at_ms);
-        Ok(v.iter()
-            .map(|c| (c.grant.consent_id, c.status))
-            .collect())
+        Ok(v.iter().map(|c| (c.grant.consent_id, c.status)).collect())
     }
 
     /// Makes sure the owner's own view of `device` is granted (idempotent); returns its

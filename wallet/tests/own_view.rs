@@ -12,12 +12,18 @@ use std::{
 use common::{Agent, WAIT, new_wallet};
 use p1consent_provider::{Provider, ProviderEvent, ProviderKeys, ProviderOptions, RequestBuilder};
 use p1consent_shared::{
+    channel::ChannelReader,
     consent::{ConsentStatus, Resolution},
-    crypto::{KemSuite, OpaqueId},
+    crypto::{KemSecretKey, KemSuite, OpaqueId},
+    topics::{self, InboxItem},
     view::ViewPayload,
 };
-use p1consent_testkit::Mosquitto;
-use p1consent_wallet::{ExportFormat, OwnReading, own::own_fields, wallet::now_ms};
+use p1consent_testkit::{Mosquitto, spy::Spy};
+use p1consent_wallet::{
+    ExportFormat, OwnReading, OwnerIdentity,
+    own::{own_fields, own_view_keys},
+    wallet::now_ms,
+};
 
 /// Events of `p` for `d`.
 async fn drain(p: &mut Provider, d: Duration) -> Vec<ProviderEvent> {
@@ -45,6 +51,8 @@ fn provider(url: &str, dir: &std::path::Path) -> Provider {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_reads_own_meter_third_party_cannot_and_revocation_keeps_owner() {
     let mosq = Mosquitto::start();
+    // Sees everything on the broker, as any client that may subscribe to `#` would.
+    let spy = Spy::start(&mosq.url(), "own-view-spy").await;
     let agent = Agent::start(&mosq.url());
     let link = agent.pairing_link().await;
     let w_dir = tempfile::tempdir().unwrap();
@@ -157,6 +165,19 @@ async fn owner_reads_own_meter_third_party_cannot_and_revocation_keeps_owner() {
         )),
         "{stranger_events:?}"
     );
+
+    // What the broker carries for the owner's view opens only with the owner's reader key:
+    // the key delivery is addressed to it, and a stranger's KEM key cannot open it.
+    let own_keys = own_view_keys(&OwnerIdentity::load(wallet.secrets()).unwrap().unwrap());
+    let delivery = spy
+        .last_payload(&topics::inbox(
+            &own_keys.public().opaque_id(),
+            &InboxItem::Key(own),
+        ))
+        .expect("the owner's key delivery crossed the broker");
+    assert!(ChannelReader::from_delivery(&delivery, &agent.device, own_keys.kem()).is_ok());
+    let stranger_kem = KemSecretKey::generate(KemSuite::DEFAULT);
+    assert!(ChannelReader::from_delivery(&delivery, &agent.device, &stranger_kem).is_err());
 
     // Revoke the third party: the meter rotates the key; the owner follows and still reads.
     wallet
