@@ -250,9 +250,11 @@ impl Wallet {
         Ok(out)
     }
 
-    /// The latest reading of `device`.
+    /// The latest reading of `device` within the last day (`None` if the meter sent nothing
+    /// for a day).
     pub fn own_latest(&self, device: &str) -> Result<Option<OwnReading>> {
-        Ok(self.own_readings(device, 0)?.pop())
+        let since = crate::wallet::now_ms().saturating_sub(86_400_000);
+        Ok(self.own_readings(device, since)?.pop())
     }
 
     /// Energy delivered since `since_ms` (e.g. local midnight): the latest meter total minus
@@ -322,18 +324,52 @@ struct Line {
     payload: serde_json::Value,
 }
 
+/// Where to start reading `f` (of `len` bytes) for readings at or after `since_ms`: a binary
+/// search over byte offsets (the agent's timestamps grow along the file), so the Devices page
+/// reads the last minutes of a file of months without reading the months. It may start a
+/// little early, never late for increasing timestamps; each line is still filtered.
+fn seek_since(f: &mut std::fs::File, len: u64, since_ms: u64) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    const PROBE: u64 = 4096;
+    let (mut lo, mut hi) = (0u64, len);
+    while hi.saturating_sub(lo) > PROBE {
+        let mid = lo + (hi - lo) / 2;
+        f.seek(SeekFrom::Start(mid))?;
+        let mut buf = Vec::new();
+        f.by_ref().take(PROBE).read_to_end(&mut buf)?;
+        let ts = buf
+            .split(|b| *b == b'\n')
+            .nth(1)
+            .and_then(|l| serde_json::from_slice::<Line>(l).ok())
+            .map(|l| l.timestamp_ms);
+        match ts {
+            Some(t) if t < since_ms => lo = mid,
+            Some(_) => hi = mid,
+            // A line longer than the probe, or damaged: stop narrowing, read from `lo`.
+            None => break,
+        }
+    }
+    Ok(lo)
+}
+
 fn read_lines(path: &Path, since_ms: u64, out: &mut Vec<OwnReading>) -> Result<()> {
-    let f = match std::fs::File::open(path) {
+    use std::io::{Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(WalletError::io(path, e)),
     };
-    let mut text = String::new();
-    f.take(MAX_DATA_FILE)
-        .read_to_string(&mut text)
+    let len = f.metadata().map_err(|e| WalletError::io(path, e))?.len();
+    let start = seek_since(&mut f, len, since_ms).map_err(|e| WalletError::io(path, e))?;
+    f.seek(SeekFrom::Start(start))
         .map_err(|e| WalletError::io(path, e))?;
-    for l in text.lines() {
-        let Ok(line) = serde_json::from_str::<Line>(l) else {
+    let mut bytes = Vec::new();
+    f.take(MAX_DATA_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(|e| WalletError::io(path, e))?;
+    // Lines are UTF-8 JSON; a line cut by the start offset or damaged is skipped.
+    for l in bytes.split(|b| *b == b'\n') {
+        let Ok(line) = serde_json::from_slice::<Line>(l) else {
             continue;
         };
         if line.timestamp_ms < since_ms {
@@ -350,4 +386,70 @@ fn read_lines(path: &Path, since_ms: u64, out: &mut Vec<OwnReading>) -> Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p1consent_shared::view::Reading;
+
+    fn line(seq: u64, t: u64) -> String {
+        let payload = ViewPayload::Reading(Reading {
+            time_ms: t,
+            power_delivered_kw: Some(seq as f64 / 1000.0),
+            energy_delivered_tariff1_kwh: Some(100.0 + seq as f64),
+            energy_delivered_tariff2_kwh: Some(1.0),
+            ..Default::default()
+        });
+        serde_json::json!({"consent": "00", "seq": seq, "timestamp_ms": t, "payload": payload})
+            .to_string()
+    }
+
+    #[test]
+    fn reads_from_the_right_place_of_a_long_file_and_skips_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonl");
+        let mut text = String::new();
+        for seq in 0..20_000u64 {
+            text.push_str(&line(seq, 1_000_000 + seq * 1000));
+            text.push('\n');
+            if seq == 19_990 {
+                text.push_str("{not json\n\u{0}\u{1}garbage\n");
+            }
+        }
+        std::fs::write(&path, &text).unwrap();
+        for since_seq in [0u64, 1, 7_777, 19_980, 19_999, 20_000] {
+            let mut out = Vec::new();
+            read_lines(&path, 1_000_000 + since_seq * 1000, &mut out).unwrap();
+            let seqs: Vec<u64> = out.iter().map(|r| r.seq).collect();
+            let want: Vec<u64> = (since_seq..20_000).collect();
+            assert_eq!(seqs, want, "since {since_seq}");
+        }
+        let mut out = Vec::new();
+        read_lines(&path, 0, &mut out).unwrap();
+        assert_eq!(out[5].energy_delivered_kwh, Some(106.0), "tariffs summed");
+        assert_eq!(out[5].power_delivered_kw, Some(0.005));
+        // Missing file: nothing, no error.
+        let mut none = Vec::new();
+        read_lines(&dir.path().join("absent"), 0, &mut none).unwrap();
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn csv_has_a_header_and_empty_cells_for_missing_values() {
+        let r = OwnReading {
+            timestamp_ms: 5,
+            seq: 1,
+            power_delivered_kw: Some(0.5),
+            power_returned_kw: None,
+            energy_delivered_kwh: Some(1.25),
+            energy_returned_kwh: None,
+            gas_m3: None,
+        };
+        assert_eq!(
+            to_csv(&[r]),
+            "timestamp_ms,seq,power_delivered_kw,power_returned_kw,energy_delivered_kwh,\
+             energy_returned_kwh,gas_m3\n5,1,0.5,,1.25,,\n"
+        );
+    }
 }
