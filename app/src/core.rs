@@ -37,7 +37,13 @@ pub struct AppCore {
     pending_link: std::sync::Mutex<Option<String>>,
     /// The task reading the owner's own view (stores readings as they arrive).
     own_reader: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Failed own-view grants per meter (when, why): retried only after [`OWN_RETRY`], so a
+    /// broker that is down does not hold the wallet on every refresh of the Devices page.
+    own_failed: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, String)>>,
 }
+
+/// How long after a failed own-view grant `own_usage` tries again.
+const OWN_RETRY: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// How many minutes of readings the live chart shows.
 pub const CHART_MINUTES: u64 = 10;
@@ -168,6 +174,7 @@ impl AppCore {
             wallet: Mutex::new(None),
             pending_link: std::sync::Mutex::new(None),
             own_reader: std::sync::Mutex::new(None),
+            own_failed: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -295,8 +302,21 @@ impl AppCore {
                 chart: Vec::new(),
                 problem: None,
             };
+            let recent_failure = self.own_failed.lock().ok().and_then(|m| {
+                m.get(&device)
+                    .filter(|(at, _)| at.elapsed() < OWN_RETRY)
+                    .map(|(_, why)| why.clone())
+            });
+            if let Some(why) = recent_failure {
+                usage.problem = Some(why);
+                return Ok(usage);
+            }
             if let Err(e) = w.enable_own_view(&device).await {
-                usage.problem = Some(plain(e));
+                let why = plain(e);
+                if let Ok(mut m) = self.own_failed.lock() {
+                    m.insert(device.clone(), (std::time::Instant::now(), why.clone()));
+                }
+                usage.problem = Some(why);
                 return Ok(usage);
             }
             if let Err(e) = self.ensure_own_reader(w) {

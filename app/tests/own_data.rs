@@ -98,4 +98,8 @@ async fn devices_show_own_power_today_and_chart_and_export() {
     // An unknown meter: said in words, nothing else.
     let u = core.own_usage("ffffffff".into(), 0).await.expect("usage");
     assert!(u.problem.is_some() && u.power_kw.is_none());
+    // Not retried on every refresh: the same words come back at once.
+    let again = core.own_usage("ffffffff".into(), 0).await.expect("usage");
+    assert_eq!(again.problem, u.problem);
+    assert!(core.pending_requests().await.expect("pending").is_empty());
 }

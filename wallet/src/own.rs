@@ -218,7 +218,14 @@ impl Wallet {
             .build(&keys)
             .map_err(|e| WalletError::OwnView(e.to_string()))?;
         let summary = self.open_request(&req.to_link())?;
-        self.grant(&summary.request_id, device).await
+        match self.grant(&summary.request_id, device).await {
+            Ok(cid) => Ok(cid),
+            Err(e) => {
+                // Never leave the own-view request among the owner's pending requests.
+                let _ = self.decline(&summary.request_id);
+                Err(e)
+            }
+        }
     }
 
     /// Connects the own-view reader (inside a tokio runtime).

@@ -269,6 +269,12 @@ async fn owner_reads_own_meter_third_party_cannot_and_revocation_keeps_owner() {
         "xml".parse::<ExportFormat>(),
         Err(p1consent_wallet::WalletError::OwnView(_))
     ));
+    // A meter that is not paired: refused, and no request is left pending.
+    assert!(matches!(
+        wallet.enable_own_view("ffffffff").await,
+        Err(p1consent_wallet::WalletError::UnknownDevice(_))
+    ));
+    assert!(wallet.pending_requests().is_empty());
     // A device that is not paired has no own data.
     assert!(wallet.own_readings("ffff", 0).expect("none").is_empty());
     let _ = OpaqueId::from_hex(&own.to_hex());
