@@ -233,13 +233,34 @@ impl Wallet {
         let keys = own_view_keys(self.identity());
         let url = self.broker_url()?.to_string();
         let opts = ProviderOptions {
-            client_id: Some(format!("p1c-own-{}", keys.public().opaque_id())),
+            client_id: Some(self.own_client_id(&keys)?),
             session_expiry_s: Some(7 * 86_400),
             store_readings: true,
         };
         let provider = Provider::connect_with(keys, &url, &self.own_view_dir(), opts)
             .map_err(|e| WalletError::OwnView(e.to_string()))?;
         Ok(OwnReader { provider })
+    }
+
+    /// The MQTT client id of this wallet's own-view reader: the reader key's id plus a random
+    /// suffix kept in the own-view folder, so a second wallet of the same owner (restored
+    /// from the kit) has a session of its own instead of taking this one over.
+    fn own_client_id(&self, keys: &ProviderKeys) -> Result<String> {
+        let dir = self.own_view_dir();
+        let path = dir.join("client-id");
+        let suffix = match std::fs::read_to_string(&path) {
+            Ok(t) if t.trim().len() == 16 && t.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
+                t.trim().to_string()
+            }
+            Ok(_) | Err(_) => {
+                let r: [u8; 8] = p1consent_shared::crypto::random_bytes();
+                let t = p1consent_shared::crypto::hex(&r);
+                std::fs::create_dir_all(&dir).map_err(|e| WalletError::io(&dir, e))?;
+                crate::secrets::write_atomic(&path, t.as_bytes(), true)?;
+                t
+            }
+        };
+        Ok(format!("p1c-own-{}-{suffix}", keys.public().opaque_id()))
     }
 
     /// The stored readings of `device` (id prefix or label) at or after `since_ms`, oldest
