@@ -7,6 +7,8 @@ fn main() {
         "pair",
         "pair_image",
         "devices",
+        "own_usage",
+        "export_own_data",
         "open_request",
         "pending_requests",
         "grant",

@@ -11,8 +11,8 @@ use std::{
 
 use p1consent_shared::consent::ConsentStatus;
 use p1consent_wallet::{
-    ConsentLine, KdfParams, RequestSummary, SecretStore, Wallet, WalletError, WalletOptions,
-    recovery,
+    ConsentLine, ExportFormat, KdfParams, RequestSummary, SecretStore, Wallet, WalletError,
+    WalletOptions, recovery,
     summary::date,
     wallet::{PairedSummary, SyncReport, ThreadReport, now_s},
 };
@@ -35,6 +35,36 @@ pub struct AppCore {
     wallet: Mutex<Option<Wallet>>,
     /// A `p1consent://` link the app was started with (or sent) before the UI asked for it.
     pending_link: std::sync::Mutex<Option<String>>,
+    /// The task reading the owner's own view (stores readings as they arrive).
+    own_reader: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Failed own-view grants per meter (when, why): retried only after [`OWN_RETRY`], so a
+    /// broker that is down does not hold the wallet on every refresh of the Devices page.
+    own_failed: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, String)>>,
+}
+
+/// How long after a failed own-view grant `own_usage` tries again.
+const OWN_RETRY: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// How many minutes of readings the live chart shows.
+pub const CHART_MINUTES: u64 = 10;
+/// At most this many chart points (evenly thinned).
+const CHART_POINTS: usize = 120;
+
+/// The owner's own use of one meter, for the Devices page.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OwnUsage {
+    /// Power drawn from the grid now (kW), from the latest reading.
+    pub power_kw: Option<f64>,
+    /// Power fed back into the grid now (kW).
+    pub returned_kw: Option<f64>,
+    /// When the latest reading was taken (Unix ms).
+    pub updated_ms: Option<u64>,
+    /// Energy used since `since_ms` (the UI's local midnight), kWh.
+    pub today_kwh: Option<f64>,
+    /// `(Unix ms, kW drawn minus fed back)` of the last [`CHART_MINUTES`] minutes.
+    pub chart: Vec<(u64, f64)>,
+    /// Why the own view is not available, in words (the rest is then empty).
+    pub problem: Option<String>,
 }
 
 /// A failed command, as the sentence the UI shows.
@@ -143,6 +173,8 @@ impl AppCore {
             opts,
             wallet: Mutex::new(None),
             pending_link: std::sync::Mutex::new(None),
+            own_reader: std::sync::Mutex::new(None),
+            own_failed: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -229,8 +261,104 @@ impl AppCore {
                 "this is not a pairing code: it should start with p1consent://pair".to_string(),
             );
         }
-        self.with(async |w| w.pair(&code).await.map_err(plain))
-            .await
+        self.with(async |w| {
+            let paired = w.pair(&code).await.map_err(plain)?;
+            // The owner's own view of the meter (see `p1consent_wallet::own`); best effort:
+            // `own_usage` grants it later if this fails.
+            let _ = w.enable_own_view(&paired.device).await;
+            Ok(paired)
+        })
+        .await
+    }
+
+    /// Starts the own-view reader task unless it runs (inside the tokio runtime).
+    fn ensure_own_reader(&self, w: &Wallet) -> CmdResult<()> {
+        let mut guard = self
+            .own_reader
+            .lock()
+            .map_err(|_| "the reader of your own data failed".to_string())?;
+        if guard.as_ref().is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        let mut reader = w.own_reader().map_err(plain)?;
+        *guard = Some(tokio::spawn(async move {
+            // Readings are stored by the reader; an error ends the task and the next
+            // `own_usage` starts a new one.
+            while reader.next_event().await.is_ok() {}
+        }));
+        Ok(())
+    }
+
+    /// The owner's own use of `device`: current power, energy since `since_ms` (local
+    /// midnight, computed by the UI) and the last minutes for the chart. Grants the own view
+    /// first if the meter has none (meters paired before own views existed).
+    pub async fn own_usage(&self, device: String, since_ms: u64) -> CmdResult<OwnUsage> {
+        self.with(async |w| {
+            let mut usage = OwnUsage {
+                power_kw: None,
+                returned_kw: None,
+                updated_ms: None,
+                today_kwh: None,
+                chart: Vec::new(),
+                problem: None,
+            };
+            let recent_failure = self.own_failed.lock().ok().and_then(|m| {
+                m.get(&device)
+                    .filter(|(at, _)| at.elapsed() < OWN_RETRY)
+                    .map(|(_, why)| why.clone())
+            });
+            if let Some(why) = recent_failure {
+                usage.problem = Some(why);
+                return Ok(usage);
+            }
+            if let Err(e) = w.enable_own_view(&device).await {
+                let why = plain(e);
+                if let Ok(mut m) = self.own_failed.lock() {
+                    m.insert(device.clone(), (std::time::Instant::now(), why.clone()));
+                }
+                usage.problem = Some(why);
+                return Ok(usage);
+            }
+            if let Err(e) = self.ensure_own_reader(w) {
+                usage.problem = Some(e);
+            }
+            let latest = w.own_latest(&device).map_err(plain)?;
+            if let Some(r) = &latest {
+                usage.power_kw = r.power_delivered_kw;
+                usage.returned_kw = r.power_returned_kw;
+                usage.updated_ms = Some(r.timestamp_ms);
+                let from = r.timestamp_ms.saturating_sub(CHART_MINUTES * 60_000);
+                let points: Vec<(u64, f64)> = w
+                    .own_readings(&device, from)
+                    .map_err(plain)?
+                    .iter()
+                    .filter_map(|r| {
+                        let d = r.power_delivered_kw?;
+                        Some((r.timestamp_ms, d - r.power_returned_kw.unwrap_or(0.0)))
+                    })
+                    .collect();
+                let step = points.len().div_ceil(CHART_POINTS).max(1);
+                usage.chart = points.into_iter().step_by(step).collect();
+            }
+            usage.today_kwh = w.own_consumption_since(&device, since_ms).map_err(plain)?;
+            Ok(usage)
+        })
+        .await
+    }
+
+    /// Writes the owner's own data of `device` as `format` (`csv` or `json`) to `path` (a
+    /// full path or `~/...`). Returns the full path written.
+    pub async fn export_own_data(
+        &self,
+        device: String,
+        format: String,
+        path: String,
+    ) -> CmdResult<String> {
+        let format: ExportFormat = format.parse().map_err(plain)?;
+        let path = user_path(&path, "the export")?;
+        self.with(async |w| w.export_own_data_to(&device, format, &path).map_err(plain))
+            .await?;
+        Ok(path.display().to_string())
     }
 
     /// Pairs a meter from a picture of its QR code (the bytes of a PNG or JPEG file).
@@ -305,6 +433,8 @@ impl AppCore {
             let consents = state
                 .consents
                 .values()
+                // The owner's own view is not "someone with access": the Devices page shows it.
+                .filter(|c| !w.is_own_view(c))
                 .map(|c| {
                     let line = ConsentLine::of(c);
                     // Epochs, not clocks: the owner's and the meter's clocks may differ.
@@ -371,7 +501,7 @@ impl AppCore {
     /// Returns the full path written.
     pub async fn export_recovery(&self, passphrase: String, path: String) -> CmdResult<String> {
         let passphrase = Zeroizing::new(passphrase);
-        let path = user_path(&path)?;
+        let path = user_path(&path, "the recovery kit")?;
         let default_broker = self.opts.broker.clone();
         self.with(async |w| {
             let broker = default_broker.or_else(|| w.raw_state().broker.clone());
@@ -398,7 +528,7 @@ impl AppCore {
         broker: Option<String>,
     ) -> CmdResult<RestoreReport> {
         let passphrase = Zeroizing::new(passphrase);
-        let path = user_path(&path)?;
+        let path = user_path(&path, "the recovery kit")?;
         let kit = recovery::load(&path, &passphrase).map_err(|e| e.to_string())?;
         {
             let mut guard = self.wallet.lock().await;
@@ -463,10 +593,10 @@ fn home_dir() -> Option<PathBuf> {
 
 /// A file path typed by the owner: full, or starting with `~/`. A relative path would land
 /// wherever the app happened to start, so it is refused.
-fn user_path(text: &str) -> CmdResult<PathBuf> {
+fn user_path(text: &str, what: &str) -> CmdResult<PathBuf> {
     let t = text.trim();
     if t.is_empty() {
-        return Err("choose a file for the recovery kit".to_string());
+        return Err(format!("choose a file for {what}"));
     }
     let p = match t.strip_prefix("~/") {
         Some(rest) => home_dir()

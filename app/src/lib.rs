@@ -61,6 +61,25 @@ async fn devices(core: State<'_, AppCore>) -> CmdResult<Vec<DeviceView>> {
 }
 
 #[tauri::command]
+async fn own_usage(
+    core: State<'_, AppCore>,
+    device: String,
+    since: u64,
+) -> CmdResult<core::OwnUsage> {
+    core.own_usage(device, since).await
+}
+
+#[tauri::command]
+async fn export_own_data(
+    core: State<'_, AppCore>,
+    device: String,
+    format: String,
+    path: String,
+) -> CmdResult<String> {
+    core.export_own_data(device, format, path).await
+}
+
+#[tauri::command]
 async fn open_request(core: State<'_, AppCore>, link: String) -> CmdResult<RequestView> {
     core.open_request(link).await
 }
@@ -137,6 +156,8 @@ pub const COMMANDS: &[&str] = &[
     "pair",
     "pair_image",
     "devices",
+    "own_usage",
+    "export_own_data",
     "open_request",
     "pending_requests",
     "grant",
@@ -310,6 +331,8 @@ pub fn run() {
             pair,
             pair_image,
             devices,
+            own_usage,
+            export_own_data,
             open_request,
             pending_requests,
             grant,

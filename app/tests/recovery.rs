@@ -106,7 +106,11 @@ async fn kit_from_one_device_restores_the_owner_on_another() {
         .expect("import");
     assert_eq!(report.offline, None);
     let sync = report.sync.expect("synced");
-    assert_eq!(sync.threads, 2, "device thread and consent thread");
+    // The own view (granted on pairing) is a consent thread of its own.
+    assert_eq!(
+        sync.threads, 3,
+        "device thread, own-view thread and consent thread"
+    );
     assert!(sync.rejected.is_empty(), "{:?}", sync.rejected);
     assert_eq!(report.status.owner.as_deref(), Some(owner.as_str()));
     assert_eq!(report.status.broker.as_deref(), Some(world.url.as_str()));

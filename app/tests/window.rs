@@ -330,6 +330,23 @@ async fn scenario(w: Window, world: World, mut prov: Prov, data: PathBuf, kit: P
         .await;
     w.wait_text("the meter list", "ul.cards", |t| t.contains("Meter hall"))
         .await;
+    // The owner's own view: current power, today's use and a live chart of the meter.
+    w.wait_text("the meter's current power", "ul.cards .usage", |t| {
+        (t.contains("right now") || t.contains("back to the grid")) && t.contains("Used today")
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let points = match w.c.find(Locator::Css("ul.cards svg.chart polyline")).await {
+            Ok(e) => e.attr("points").await.ok().flatten().unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if points.split_whitespace().count() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the live chart has no line");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     w.shot("04-paired").await;
 
     // 5a. A request link opened from a web page: the desktop starts the app with the link

@@ -151,3 +151,14 @@ pub struct Audit {
     pub rejected: usize,
     pub threads: Vec<Thread>,
 }
+
+/// The owner's own use of one meter (`own_usage`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct OwnUsage {
+    pub power_kw: Option<f64>,
+    pub returned_kw: Option<f64>,
+    pub updated_ms: Option<u64>,
+    pub today_kwh: Option<f64>,
+    pub chart: Vec<(u64, f64)>,
+    pub problem: Option<String>,
+}

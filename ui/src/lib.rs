@@ -8,7 +8,9 @@ pub mod api;
 
 use leptos::{prelude::*, task::spawn_local};
 
-use api::{Audit, ConsentList, Device, NoArgs, Paired, Request, RestoreReport, Status, call};
+use api::{
+    Audit, ConsentList, Device, NoArgs, OwnUsage, Paired, Request, RestoreReport, Status, call,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Page {
@@ -117,6 +119,17 @@ struct RequestArgs {
 #[derive(serde::Serialize)]
 struct RefreshArgs {
     refresh: bool,
+}
+#[derive(serde::Serialize)]
+struct UsageArgs {
+    device: String,
+    since: u64,
+}
+#[derive(serde::Serialize)]
+struct OwnExportArgs {
+    device: String,
+    format: String,
+    path: String,
 }
 #[derive(serde::Serialize)]
 struct ExportArgs {
@@ -416,6 +429,7 @@ fn Devices() -> impl IntoView {
                                         <p class="mono" title=d.device.clone()>
                                             "Meter id " {short(&d.device_id)}
                                         </p>
+                                        {d.paired.then(|| view! { <MeterUse device=d.device_id.clone() /> })}
                                     </li>
                                 }
                             })
@@ -797,6 +811,190 @@ fn AuditPage() -> impl IntoView {
                 </ul>
             }
         })}
+        <OwnExport />
+    }
+}
+
+/// Local midnight of today (Unix ms), from the browser's clock and time zone.
+fn local_midnight_ms() -> u64 {
+    let d = js_sys::Date::new_0();
+    d.set_hours(0);
+    d.set_minutes(0);
+    d.set_seconds(0);
+    d.set_milliseconds(0);
+    let t = d.get_time();
+    if t.is_finite() && t > 0.0 {
+        t as u64
+    } else {
+        0
+    }
+}
+
+/// "1.23 kW" or "450 W".
+fn power_text(kw: f64) -> String {
+    if kw.abs() >= 1.0 {
+        format!("{kw:.2} kW")
+    } else {
+        format!("{:.0} W", kw * 1000.0)
+    }
+}
+
+/// The points of an SVG polyline (`width` x `height`) of the chart, oldest left.
+fn chart_points(chart: &[(u64, f64)], width: f64, height: f64) -> String {
+    let (Some(t0), Some(t1)) = (chart.first().map(|p| p.0), chart.last().map(|p| p.0)) else {
+        return String::new();
+    };
+    let span = (t1.saturating_sub(t0)).max(1) as f64;
+    let lo = chart.iter().map(|p| p.1).fold(0.0_f64, f64::min);
+    let hi = chart.iter().map(|p| p.1).fold(0.0_f64, f64::max);
+    let range = if hi - lo > 1e-9 { hi - lo } else { 1.0 };
+    chart
+        .iter()
+        .map(|(t, v)| {
+            let x = (t - t0) as f64 / span * width;
+            let y = height - (v - lo) / range * height;
+            format!("{x:.1},{y:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Current power, today's use and a live chart of one meter, refreshed every few seconds.
+#[component]
+fn MeterUse(device: String) -> impl IntoView {
+    let usage = RwSignal::new(None::<Result<OwnUsage, String>>);
+    let fetch = move |device: String| {
+        spawn_local(async move {
+            let r = call::<OwnUsage>(
+                "own_usage",
+                UsageArgs {
+                    device,
+                    since: local_midnight_ms(),
+                },
+            )
+            .await;
+            usage.set(Some(r));
+        });
+    };
+    fetch(device.clone());
+    let d2 = device.clone();
+    if let Ok(h) =
+        set_interval_with_handle(move || fetch(d2.clone()), std::time::Duration::from_secs(3))
+    {
+        on_cleanup(move || h.clear());
+    }
+    view! {
+        <div class="usage" aria-live="polite">
+            {move || match usage.get() {
+                None => view! { <p>"Reading your meter…"</p> }.into_any(),
+                Some(Err(e)) => view! { <p class="error">{format!("Your own data is not available: {e}")}</p> }.into_any(),
+                Some(Ok(u)) => {
+                    if let Some(p) = u.problem.clone() {
+                        return view! { <p class="error">{format!("Your own data is not available: {p}")}</p> }.into_any();
+                    }
+                    let now = match (u.power_kw, u.returned_kw) {
+                        (Some(d), Some(r)) if r > 0.0 && r >= d => format!("Sending {} back to the grid", power_text(r)),
+                        (Some(d), _) => format!("Using {} right now", power_text(d)),
+                        _ => "Waiting for the first reading from your meter…".to_string(),
+                    };
+                    let today = match u.today_kwh {
+                        Some(k) => format!("Used today: {k:.2} kWh"),
+                        None => "Used today: not known yet".to_string(),
+                    };
+                    let points = chart_points(&u.chart, 300.0, 60.0);
+                    view! {
+                        <p class="power" id=format!("power-{}", short(&device))>{now}</p>
+                        <p class="today">{today}</p>
+                        <svg class="chart" viewBox="0 0 300 60" width="300" height="60" role="img"
+                            aria-label="Your power use over the last minutes">
+                            <polyline points=points fill="none" stroke="currentColor" stroke-width="2" />
+                        </svg>
+                        <p class="hint">"Last 10 minutes, updated every few seconds."</p>
+                    }
+                        .into_any()
+                }
+            }}
+        </div>
+    }
+}
+
+/// Exports the owner's own readings of a meter to a typed path.
+#[component]
+fn OwnExport() -> impl IntoView {
+    let ctx = ctx();
+    let devices = RwSignal::new(Vec::<Device>::new());
+    let device = RwSignal::new(String::new());
+    let format = RwSignal::new("csv".to_string());
+    let path = RwSignal::new(String::new());
+    spawn_local(async move {
+        if let Ok(d) = call::<Vec<Device>>("devices", NoArgs {}).await {
+            let d: Vec<Device> = d.into_iter().filter(|d| d.paired).collect();
+            if let Some(first) = d.first() {
+                device.set(first.device_id.clone());
+            }
+            devices.set(d);
+        }
+    });
+    Effect::new(move |_| {
+        let hint = ctx.status.get().kit_hint;
+        if path.get_untracked().is_empty() && !hint.is_empty() {
+            // The home folder of the kit hint, with a data file name.
+            if let Some((dir, _)) = hint.rsplit_once('/') {
+                path.set(format!("{dir}/my-meter-data.{}", format.get_untracked()));
+            }
+        }
+    });
+    let save = move |_| {
+        let args = OwnExportArgs {
+            device: device.get_untracked(),
+            format: format.get_untracked(),
+            path: path.get_untracked(),
+        };
+        spawn_local(async move {
+            match call::<String>("export_own_data", args).await {
+                Ok(written) => ctx.ok(format!("Your data was saved to {written}.")),
+                Err(e) => ctx.fail(format!("Your data was not saved: {e}")),
+            }
+        });
+    };
+    view! {
+        <section aria-labelledby="own-export-title">
+            <h3 id="own-export-title">"Export my data"</h3>
+            <p>"Save the readings of your own meter that this wallet received, as a spreadsheet (CSV) or JSON file."</p>
+            <label for="own-export-device">"Meter"</label>
+            <select id="own-export-device" on:change=move |ev| device.set(event_target_value(&ev))>
+                {move || devices.get().into_iter().map(|d| {
+                    let name = if d.label.is_empty() { format!("Meter {}", short(&d.device_id)) } else { d.label.clone() };
+                    view! { <option value=d.device_id.clone()>{name}</option> }
+                }).collect_view()}
+            </select>
+            <label for="own-export-format">"Format"</label>
+            <select id="own-export-format" on:change=move |ev| {
+                let f = event_target_value(&ev);
+                let p = path.get_untracked();
+                if let Some(stem) = p.strip_suffix(&format!(".{}", format.get_untracked())) {
+                    path.set(format!("{stem}.{f}"));
+                }
+                format.set(f);
+            }>
+                <option value="csv">"CSV (spreadsheet)"</option>
+                <option value="json">"JSON"</option>
+            </select>
+            <label for="own-export-path">"Save as (full path of a file)"</label>
+            <input
+                id="own-export-path"
+                type="text"
+                prop:value=move || path.get()
+                on:input=move |ev| path.set(event_target_value(&ev))
+            />
+            <button
+                id="own-export-save"
+                on:click=save
+                disabled=move || device.get().is_empty() || path.get().trim().is_empty()
+            >
+                "Export my data (CSV/JSON)"
+            </button>
+        </section>
     }
 }
 

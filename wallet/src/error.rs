@@ -82,6 +82,8 @@ pub enum WalletError {
     SuiteMismatch,
     #[error("consent log: {0}")]
     Log(#[from] LogError),
+    #[error("own view: {0}")]
+    OwnView(String),
     #[error("receipt: {0}")]
     Receipt(#[from] ReceiptError),
 }

@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod identity;
+pub mod own;
 pub mod pairing;
 pub mod recovery;
 pub mod secrets;
@@ -23,6 +24,7 @@ pub mod wallet;
 
 pub use error::{Result, WalletError};
 pub use identity::OwnerIdentity;
+pub use own::{ExportFormat, OwnReader, OwnReading};
 pub use recovery::{KdfParams, Recovered, RecoveryError};
 pub use secrets::{FileSecretStore, MemorySecretStore, SecretStore};
 pub use summary::{ConsentLine, RequestSummary};

@@ -233,7 +233,7 @@ impl Wallet {
         self.state.save(&self.dir.join(STATE_FILE))
     }
 
-    fn broker_url(&self) -> Result<BrokerUrl> {
+    pub(crate) fn broker_url(&self) -> Result<BrokerUrl> {
         let text = self
             .opts
             .broker
