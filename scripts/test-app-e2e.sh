@@ -11,11 +11,11 @@ PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export PATH
 rm -rf "${CARGO_TARGET_DIR:-target}/e2e-screenshots"
 # Built first so the X server and session below only live for the test itself.
-cargo test -p p1consent-app --locked --test window --no-run
+cargo test --workspace --locked --test window --no-run
 exec xvfb-run --auto-servernum --server-args="-screen 0 1280x1024x24" \
     dbus-run-session -- sh -c '
   set -e
   eval "$(printf "p1consent-test" | gnome-keyring-daemon --unlock --components=secrets)"
   export GNOME_KEYRING_CONTROL
-  cargo test -p p1consent-app --locked --test window -- --ignored --nocapture --test-threads=1
+  cargo test --workspace --locked --test window -- --ignored --nocapture --test-threads=1
 '

@@ -10,5 +10,5 @@ exec dbus-run-session -- sh -c '
   set -e
   eval "$(printf "p1consent-test" | gnome-keyring-daemon --unlock --components=secrets)"
   export GNOME_KEYRING_CONTROL
-  cargo test -p p1consent-app --locked --test keyring -- --ignored --test-threads=1
+  cargo test --workspace --locked --test keyring -- --ignored --test-threads=1
 '
