@@ -7,7 +7,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use p1consent_app::core::{AppCore, SecretsFactory};
 use p1consent_scenarios::{BrokerKind, Meter, World, wait_for};
-use p1consent_wallet::{OwnReading, Wallet, WalletOptions};
+use p1consent_wallet::{OwnRow, RowResolution, Wallet, WalletOptions};
 
 fn file_secrets() -> SecretsFactory {
     Arc::new(|dir: &Path| Wallet::file_secrets(dir))
@@ -64,10 +64,15 @@ async fn devices_show_own_power_today_and_chart_and_export() {
         .await
         .expect("export json");
     assert_eq!(written, json_path.display().to_string());
-    let rows: Vec<OwnReading> =
+    let rows: Vec<OwnRow> =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).expect("json");
     assert!(rows.len() >= 3);
     assert!(rows.iter().any(|r| r.power_delivered_kw == usage.power_kw));
+    // All readings are recent: raw rows, one reading each.
+    assert!(
+        rows.iter()
+            .all(|r| r.resolution == RowResolution::Raw && r.readings == 1)
+    );
     let csv_path = dir.path().join("mine.csv");
     core.export_own_data(
         paired.device_id.clone(),
@@ -77,7 +82,8 @@ async fn devices_show_own_power_today_and_chart_and_export() {
     .await
     .expect("export csv");
     let csv = std::fs::read_to_string(&csv_path).unwrap();
-    assert!(csv.starts_with("timestamp_ms,seq,power_delivered_kw,"));
+    assert!(csv.starts_with("resolution,timestamp_ms,readings,seq,power_delivered_kw,"));
+    assert!(csv.lines().skip(1).all(|l| l.starts_with("raw,")), "{csv}");
     assert!(csv.lines().count() > rows.len() / 2);
 
     // Hostile input: an unknown format, a relative path.

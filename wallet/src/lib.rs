@@ -24,7 +24,9 @@ pub mod wallet;
 
 pub use error::{Result, WalletError};
 pub use identity::OwnerIdentity;
-pub use own::{ExportFormat, OwnReader, OwnReading};
+pub use own::{
+    CompactReport, ExportFormat, OwnAggregate, OwnReader, OwnReading, OwnRow, RowResolution,
+};
 pub use recovery::{KdfParams, Recovered, RecoveryError};
 pub use secrets::{FileSecretStore, MemorySecretStore, SecretStore};
 pub use summary::{ConsentLine, RequestSummary};

@@ -20,7 +20,7 @@ use p1consent_shared::{
 };
 use p1consent_testkit::{Mosquitto, spy::Spy};
 use p1consent_wallet::{
-    ExportFormat, OwnReading, OwnerIdentity,
+    ExportFormat, OwnReading, OwnRow, OwnerIdentity, RowResolution,
     own::{own_fields, own_view_keys},
     wallet::now_ms,
 };
@@ -243,18 +243,15 @@ async fn owner_reads_own_meter_third_party_cannot_and_revocation_keeps_owner() {
         .export_own_data(&dev, ExportFormat::Csv)
         .expect("csv");
     let mut lines = csv.lines();
-    assert!(
-        lines
-            .next()
-            .unwrap()
-            .starts_with("timestamp_ms,seq,power_delivered_kw")
-    );
+    assert_eq!(lines.next(), Some(p1consent_wallet::own::CSV_HEADER));
     let n_rows = lines.count();
     let json = wallet
         .export_own_data(&dev, ExportFormat::Json)
         .expect("json");
-    let parsed: Vec<OwnReading> = serde_json::from_str(&json).expect("json parses");
+    let parsed: Vec<OwnRow> = serde_json::from_str(&json).expect("json parses");
     assert_eq!(parsed.len(), n_rows);
+    // Nothing is two days old: every row is a raw reading.
+    assert!(parsed.iter().all(|r| r.resolution == RowResolution::Raw));
     assert!(parsed.len() >= all.len());
     let out = w_dir.path().join("export.csv");
     wallet
@@ -263,7 +260,7 @@ async fn owner_reads_own_meter_third_party_cannot_and_revocation_keeps_owner() {
     assert!(
         std::fs::read_to_string(&out)
             .unwrap()
-            .starts_with("timestamp_ms,")
+            .starts_with("resolution,timestamp_ms,")
     );
     assert!(matches!(
         "xml".parse::<ExportFormat>(),
