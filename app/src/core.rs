@@ -262,10 +262,19 @@ impl AppCore {
             );
         }
         self.with(async |w| {
-            let paired = w.pair(&code).await.map_err(plain)?;
-            // The owner's own view of the meter (see `p1consent_wallet::own`); best effort:
-            // `own_usage` grants it later if this fails.
-            let _ = w.enable_own_view(&paired.device).await;
+            // The owner's own view of the meter (see `p1consent_wallet::own`) is granted right
+            // after pairing. If that fails the pairing stands, the summary's `own_view_note`
+            // says why, and `own_usage` shows the same words until it tries again by itself
+            // ([`OWN_RETRY`]).
+            let paired = w.pair_with_own_view(&code).await.map_err(plain)?;
+            if let Some(note) = &paired.own_view_note
+                && let Ok(mut m) = self.own_failed.lock()
+            {
+                m.insert(
+                    paired.device_id.clone(),
+                    (std::time::Instant::now(), note.clone()),
+                );
+            }
             Ok(paired)
         })
         .await
@@ -312,7 +321,7 @@ impl AppCore {
                 return Ok(usage);
             }
             if let Err(e) = w.enable_own_view(&device).await {
-                let why = plain(e);
+                let why = format!("Your own data is not available yet: {}.", plain(e));
                 if let Ok(mut m) = self.own_failed.lock() {
                     m.insert(device.clone(), (std::time::Instant::now(), why.clone()));
                 }
@@ -320,7 +329,7 @@ impl AppCore {
                 return Ok(usage);
             }
             if let Err(e) = self.ensure_own_reader(w) {
-                usage.problem = Some(e);
+                usage.problem = Some(format!("Your own data is not available yet: {e}."));
             }
             let latest = w.own_latest(&device).map_err(plain)?;
             if let Some(r) = &latest {

@@ -28,6 +28,7 @@ async fn devices_show_own_power_today_and_chart_and_export() {
     );
     core.create_identity(None).await.unwrap();
     let paired = core.pair(world.pairing_link().await).await.expect("pair");
+    assert_eq!(paired.own_view_note, None, "the own view was granted");
 
     let usage = wait_for("the owner's own readings", || async {
         let u = core
@@ -49,9 +50,14 @@ async fn devices_show_own_power_today_and_chart_and_export() {
         .expect("own usage");
     assert_eq!(later.today_kwh, None);
 
-    // The own view is not someone with access.
+    // The own view is not someone with access; the audit names its thread apart.
     let list = core.consents(false).await.expect("consents");
     assert!(list.consents.is_empty(), "{:?}", list.consents);
+    let audit = core.audit().await.expect("audit");
+    assert!(audit.verified);
+    let mut kinds: Vec<&str> = audit.threads.iter().map(|t| t.kind.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["device", "own_view"]);
 
     // Export: JSON parses to the readings, CSV has a header and one row each.
     let json_path = dir.path().join("mine.json");

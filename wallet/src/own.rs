@@ -30,8 +30,17 @@ use serde::{Deserialize, Serialize};
 use crate::{
     error::{Result, WalletError},
     identity::OwnerIdentity,
-    wallet::{Wallet, now_s},
+    wallet::{PairedSummary, Wallet, now_s},
 };
+
+/// The plain-language note of a pairing whose own view could not be granted.
+pub fn own_view_note(e: &WalletError) -> String {
+    let why = match e {
+        WalletError::OwnView(m) => m.clone(),
+        other => other.to_string(),
+    };
+    format!("The meter is paired, but showing you its data could not be set up yet: {why}.")
+}
 
 /// The controller name of the owner's own-view request (shown as "You" in the app).
 pub const OWN_CONTROLLER: &str = "You (this wallet)";
@@ -254,6 +263,27 @@ impl Wallet {
                 Err(e)
             }
         }
+    }
+
+    /// The active own view of `device`, if any.
+    pub fn own_view_of(&self, device: &str) -> Result<Option<OpaqueId>> {
+        Ok(self
+            .own_consents(device)?
+            .into_iter()
+            .rev()
+            .find(|(_, s)| *s == ConsentStatus::Active)
+            .map(|(cid, _)| cid))
+    }
+
+    /// Pairs a meter, then grants the owner's own view of it. If that grant fails the pairing
+    /// still stands: the summary's `own_view_note` says so in plain words (granting again with
+    /// [`Wallet::enable_own_view`] later is safe).
+    pub async fn pair_with_own_view(&mut self, code: &str) -> Result<PairedSummary> {
+        let mut paired = self.pair(code).await?;
+        if let Err(e) = self.enable_own_view(&paired.device).await {
+            paired.own_view_note = Some(own_view_note(&e));
+        }
+        Ok(paired)
     }
 
     /// Connects the own-view reader (inside a tokio runtime).

@@ -85,6 +85,9 @@ pub struct PairedSummary {
     pub label: String,
     pub broker: String,
     pub thread_id: String,
+    /// Set when the meter was paired but the owner's own view of it could not be granted
+    /// ([`Wallet::pair_with_own_view`]): what failed, in plain words. The pairing stands.
+    pub own_view_note: Option<String>,
 }
 
 /// One entry that was not accepted while reading a thread.
@@ -100,7 +103,8 @@ pub struct Rejected {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ThreadReport {
     pub thread_id: String,
-    /// `device` or `consent` (or `unknown` if no owner entry says which).
+    /// `device`, `consent`, `own_view` (the owner's own view: a consent to this wallet's own
+    /// reader key) or `unknown` if no owner entry says which.
     pub kind: String,
     pub device: Option<String>,
     pub provider: Option<String>,
@@ -306,6 +310,7 @@ impl Wallet {
             label,
             broker: url_text,
             thread_id: tid.to_hex(),
+            own_view_note: None,
         })
     }
 
@@ -764,11 +769,16 @@ impl Wallet {
 
     /// Verifies every stored thread from scratch (signatures, chains, decryption, rules).
     pub fn verify_log(&self) -> Vec<ThreadReport> {
+        let own = crate::own::own_view_keys(self.identity()).public();
         self.thread_ids()
             .iter()
             .map(|tid| {
                 let c = self.check_thread(tid);
-                let kind = if c.provider.is_some() {
+                let kind = if c.provider == Some(own) {
+                    // The owner's own view: a consent to this wallet's reader key, not
+                    // someone else's access.
+                    "own_view"
+                } else if c.provider.is_some() {
                     "consent"
                 } else if c.device.is_some() {
                     "device"

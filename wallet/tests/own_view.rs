@@ -279,3 +279,64 @@ async fn owner_reads_own_meter_third_party_cannot_and_revocation_keeps_owner() {
     reader.close().expect("close");
     agent.stop().await;
 }
+
+/// Pairing stands when the own view cannot be granted, and the summary says why in words:
+/// here the meter's key type differs from the wallet's (a meter with ML-KEM, a wallet with
+/// the default sntrup761), which the own view's reader key cannot serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_stands_and_says_so_when_the_own_view_cannot_be_granted() {
+    let mosq = Mosquitto::start();
+    let odd = Agent::start_with_suite(&mosq.url(), KemSuite::X25519MlKem768);
+    let usual = Agent::start(&mosq.url());
+    let w_dir = tempfile::tempdir().unwrap();
+    let mut wallet = new_wallet(w_dir.path(), 20);
+
+    let p = wallet
+        .pair_with_own_view(&odd.pairing_link().await)
+        .await
+        .expect("pairing succeeds");
+    let note = p.own_view_note.expect("a note");
+    assert_eq!(
+        note,
+        "The meter is paired, but showing you its data could not be set up yet: the meter and \
+         the provider use different key types; this provider cannot be granted access to this \
+         meter."
+    );
+    let dev = odd.device.opaque_id().to_hex();
+    assert_eq!(p.device_id, dev);
+    let state = wallet.state_at(now_ms() / 1000);
+    assert!(state.devices[&odd.device].is_paired());
+    assert!(state.consents.is_empty());
+    assert_eq!(wallet.own_view_of(&dev).expect("lookup"), None);
+    assert!(
+        wallet.pending_requests().is_empty(),
+        "no own-view request left behind"
+    );
+
+    // The usual meter: paired with its own view, no note.
+    let p = wallet
+        .pair_with_own_view(&usual.pairing_link().await)
+        .await
+        .expect("pairing succeeds");
+    assert_eq!(p.own_view_note, None);
+    let dev = usual.device.opaque_id().to_hex();
+    let own = wallet
+        .own_view_of(&dev)
+        .expect("lookup")
+        .expect("own view on");
+    let state = wallet.state_at(now_ms() / 1000);
+    assert!(wallet.is_own_view(&state.consents[&own]));
+    let kinds: Vec<String> = wallet.verify_log().into_iter().map(|t| t.kind).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "own_view").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "consent").count(),
+        0,
+        "{kinds:?}"
+    );
+    odd.stop().await;
+    usual.stop().await;
+}

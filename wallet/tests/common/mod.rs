@@ -30,9 +30,15 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(broker_url: &str) -> Self {
+        Self::start_with_suite(broker_url, KemSuite::DEFAULT)
+    }
+
+    /// An agent whose device key is of `suite`.
+    pub fn start_with_suite(broker_url: &str, suite: KemSuite) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = AgentConfig {
             state_dir: dir.path().to_path_buf(),
+            kem_suite: suite.name().into(),
             ..AgentConfig::default()
         };
         cfg.meter.source = SourceKind::Simulator;
@@ -40,8 +46,8 @@ impl Agent {
         cfg.broker.url = Some(broker_url.to_string());
         cfg.pairing.label = "Meter hall".into();
         cfg.validate().expect("config");
-        let (id, _) = DeviceIdentity::load_or_create(&cfg.identity_path(), KemSuite::DEFAULT)
-            .expect("device identity");
+        let (id, _) =
+            DeviceIdentity::load_or_create(&cfg.identity_path(), suite).expect("device identity");
         let (stop, rx) = watch::channel(false);
         let c = cfg.clone();
         let task = tokio::spawn(async move {
