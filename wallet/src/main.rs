@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use p1consent_shared::consent::{ConsentState, ConsentStatus, Field, FieldSet, Resolution};
 use p1consent_wallet::{
-    ConsentLine, GrantScope, Wallet, WalletError, WalletOptions,
+    ConsentLine, ExportFormat, GrantScope, Wallet, WalletError, WalletOptions,
     summary::date,
     wallet::{Rejected, now_s},
 };
@@ -91,6 +91,41 @@ enum Command {
     Receipt { consent_id: String },
     /// Rebuild this wallet's state from the broker (for a second wallet with the same keys).
     Sync,
+    /// Your own view of your meter: its readings, read by this wallet.
+    #[command(subcommand)]
+    Own(OwnCommand),
+}
+
+#[derive(Subcommand)]
+enum OwnCommand {
+    /// Let this wallet read your meter (a consent to a reader key of your own; idempotent).
+    Enable {
+        /// The meter (id prefix or label); may be left out when one meter is paired.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// The power used right now and the energy used today (since local midnight).
+    Show {
+        #[arg(long)]
+        device: Option<String>,
+        /// Seconds to listen for new readings first.
+        #[arg(long, default_value_t = 3)]
+        listen: u64,
+    },
+    /// Save your own readings (15-minute aggregates older than two days, then every reading).
+    Export {
+        #[arg(long)]
+        device: Option<String>,
+        /// csv or json.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// The file to write (replaced; readable by you only).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Fold readings older than two days into 15-minute aggregates now (the reader also does
+    /// it when it starts and daily).
+    Compact,
 }
 
 fn default_dir() -> PathBuf {
@@ -112,7 +147,7 @@ struct DeviceLine {
     last_rotation_epoch: Option<u32>,
 }
 
-fn print_state(state: &ConsentState, as_json: bool) {
+fn print_state(w: &Wallet, state: &ConsentState, as_json: bool) {
     let devices: Vec<DeviceLine> = state
         .devices
         .values()
@@ -124,7 +159,13 @@ fn print_state(state: &ConsentState, as_json: bool) {
             last_rotation_epoch: d.last_rotation.map(|r| r.epoch),
         })
         .collect();
-    let consents: Vec<ConsentLine> = state.consents.values().map(ConsentLine::of).collect();
+    // The owner's own view is not someone with access (as in the app): see `own`.
+    let consents: Vec<ConsentLine> = state
+        .consents
+        .values()
+        .filter(|c| !w.is_own_view(c))
+        .map(ConsentLine::of)
+        .collect();
     if as_json {
         println!("{}", json!({ "devices": devices, "consents": consents }));
         return;
@@ -327,7 +368,7 @@ async fn run(cli: Cli) -> Result<(), WalletError> {
                 let rejected = w.refresh().await?;
                 print_rejected(&rejected);
             }
-            print_state(&w.state_at(now_s()), cli.json);
+            print_state(&w, &w.state_at(now_s()), cli.json);
         }
         Command::Log { verify, offline } => {
             if !offline {
@@ -382,7 +423,7 @@ async fn run(cli: Cli) -> Result<(), WalletError> {
                 let active = state
                     .consents
                     .values()
-                    .filter(|c| c.status == ConsentStatus::Active)
+                    .filter(|c| c.status == ConsentStatus::Active && !w.is_own_view(c))
                     .count();
                 println!(
                     "Synchronised {} thread(s), {} entries: {} meter(s), {} active consent(s).",
@@ -390,6 +431,147 @@ async fn run(cli: Cli) -> Result<(), WalletError> {
                     r.entries,
                     state.devices.values().filter(|d| d.is_paired()).count(),
                     active
+                );
+            }
+        }
+        Command::Own(cmd) => own(&mut w, cmd, cli.json).await?,
+    }
+    Ok(())
+}
+
+/// The meter an `own` command is about: the one given, or the only paired one.
+fn pick_device(w: &Wallet, device: Option<String>) -> Result<String, WalletError> {
+    if let Some(d) = device {
+        return Ok(d);
+    }
+    let paired: Vec<String> = w
+        .state_at(now_s())
+        .devices
+        .values()
+        .filter(|d| d.is_paired())
+        .map(|d| d.device.opaque_id().to_hex())
+        .collect();
+    match paired.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(WalletError::OwnView(
+            "no meter is paired: run `p1consent-wallet pair` first".into(),
+        )),
+        _ => Err(WalletError::OwnView(
+            "more than one meter is paired: choose one with --device".into(),
+        )),
+    }
+}
+
+/// Local midnight of today (Unix ms), in the system's time zone.
+fn local_midnight_ms() -> u64 {
+    use chrono::{Local, TimeZone};
+    let today = Local::now().date_naive();
+    today
+        .and_hms_opt(0, 0, 0)
+        .and_then(|t| Local.from_local_datetime(&t).earliest())
+        .map(|t| t.timestamp_millis().max(0) as u64)
+        .unwrap_or(0)
+}
+
+fn local_time(ms: u64) -> String {
+    use chrono::{Local, TimeZone};
+    Local
+        .timestamp_millis_opt(ms as i64)
+        .earliest()
+        .map(|t| t.format("%H:%M:%S").to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn power_text(kw: f64) -> String {
+    if kw.abs() >= 1.0 {
+        format!("{kw:.2} kW")
+    } else {
+        format!("{:.0} W", kw * 1000.0)
+    }
+}
+
+async fn own(w: &mut Wallet, cmd: OwnCommand, as_json: bool) -> Result<(), WalletError> {
+    match cmd {
+        OwnCommand::Enable { device } => {
+            let device = pick_device(w, device)?;
+            let cid = w.enable_own_view(&device).await?;
+            if as_json {
+                println!("{}", json!({ "consent_id": cid.to_hex() }));
+            } else {
+                println!(
+                    "Your own view of the meter is on (consent {}). See it with `p1consent-wallet own show`.",
+                    &cid.to_hex()[..12]
+                );
+            }
+        }
+        OwnCommand::Show { device, listen } => {
+            let device = pick_device(w, device)?;
+            if w.own_view_of(&device)?.is_none() {
+                return Err(WalletError::OwnView(
+                    "it is not on for this meter: run `p1consent-wallet own enable` first".into(),
+                ));
+            }
+            let mut reader = w.own_reader()?;
+            let run = reader.run_for(Duration::from_secs(listen)).await;
+            reader.close()?;
+            run?;
+            let since = local_midnight_ms();
+            let latest = w.own_latest(&device)?;
+            let today = w.own_consumption_since(&device, since)?;
+            if as_json {
+                println!(
+                    "{}",
+                    json!({
+                        "power_kw": latest.as_ref().and_then(|r| r.power_delivered_kw),
+                        "returned_kw": latest.as_ref().and_then(|r| r.power_returned_kw),
+                        "updated_ms": latest.as_ref().map(|r| r.timestamp_ms),
+                        "today_kwh": today,
+                        "since_ms": since,
+                    })
+                );
+            } else {
+                match &latest {
+                    Some(r) => {
+                        let now = match (r.power_delivered_kw, r.power_returned_kw) {
+                            (Some(d), Some(ret)) if ret > 0.0 && ret >= d => {
+                                format!("Sending {} back to the grid", power_text(ret))
+                            }
+                            (Some(d), _) => format!("Using {} right now", power_text(d)),
+                            _ => "No power in the latest reading".to_string(),
+                        };
+                        println!("{now} (reading of {}).", local_time(r.timestamp_ms));
+                    }
+                    None => println!("No reading from your meter in the last day."),
+                }
+                match today {
+                    Some(k) => println!("Used today: {k:.3} kWh."),
+                    None => println!("Used today: not known yet (fewer than two readings)."),
+                }
+            }
+        }
+        OwnCommand::Export {
+            device,
+            format,
+            out,
+        } => {
+            let device = pick_device(w, device)?;
+            let format: ExportFormat = format.parse()?;
+            let rows = w.own_rows(&device, 0)?.len();
+            let bytes = w.export_own_data_to(&device, format, &out)?;
+            if as_json {
+                println!("{}", json!({ "path": out, "rows": rows, "bytes": bytes }));
+            } else {
+                println!("Saved {rows} row(s) of your own data to {}.", out.display());
+            }
+        }
+        OwnCommand::Compact => {
+            let r = w.own_compact()?;
+            if as_json {
+                println!("{}", json!(r));
+            } else {
+                println!(
+                    "Folded {} reading(s) into 15-minute aggregates; {} aggregate(s) and {} recent reading(s) kept; {} damaged line(s) set aside.",
+                    r.folded, r.aggregates, r.kept_raw, r.damaged
                 );
             }
         }

@@ -155,3 +155,141 @@ async fn cli_pair_from_image_grant_and_sync() {
     assert_eq!(c["consents"][0]["status"], "withdrawn");
     agent.stop().await;
 }
+
+/// `own enable | show | export | compact` over the library the app uses; the own view is not
+/// listed by `consents` (as in the app).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_own_view_enable_show_export() {
+    let mosq = Mosquitto::start();
+    let agent = Agent::start(&mosq.url());
+    let d = tempfile::tempdir().unwrap();
+    let w = d.path().join("w");
+
+    ok(&wallet(&w, &["init"]).await);
+    let e = failed(&wallet(&w, &["own", "enable"]).await);
+    assert!(e.contains("no meter is paired"), "{e}");
+    ok(&wallet(&w, &["pair", &agent.pairing_link().await]).await);
+    let e = failed(&wallet(&w, &["own", "show"]).await);
+    assert!(e.contains("run `p1consent-wallet own enable` first"), "{e}");
+
+    // Enabling is idempotent; with one meter paired, --device may be left out.
+    let a = json(&wallet(&w, &["--json", "own", "enable"]).await);
+    let b = json(&wallet(&w, &["--json", "own", "enable", "--device", "meter hall"]).await);
+    let cid = a["consent_id"].as_str().unwrap().to_string();
+    assert_eq!(b["consent_id"], a["consent_id"]);
+    let e = failed(&wallet(&w, &["own", "enable", "--device", "kitchen"]).await);
+    assert!(e.contains("no paired meter matches"), "{e}");
+
+    // Not someone with access: `consents` leaves it out, the log names it.
+    let c = json(&wallet(&w, &["--json", "consents"]).await);
+    assert_eq!(c["consents"], serde_json::json!([]), "{c}");
+    assert_eq!(c["devices"].as_array().map(Vec::len), Some(1));
+    let human = ok(&wallet(&w, &["consents", "--offline"]).await);
+    assert!(human.contains("No consents."), "{human}");
+    let log = json(&wallet(&w, &["--json", "log", "--offline"]).await);
+    let kinds: Vec<&str> = log["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"own_view") && !kinds.contains(&"consent"),
+        "{kinds:?}"
+    );
+    // The receipt of the own view is still there for whoever asks by id.
+    ok(&wallet(&w, &["receipt", &cid[..10]]).await);
+
+    // `show` listens, stores and shows power and today's use.
+    let deadline = Instant::now() + WAIT;
+    let shown = loop {
+        let s = json(&wallet(&w, &["--json", "own", "show", "--listen", "2"]).await);
+        if s["power_kw"].is_number() && s["today_kwh"].is_number() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no own readings: {s}");
+    };
+    assert!(shown["today_kwh"].as_f64().unwrap() >= 0.0);
+    let since = shown["since_ms"].as_u64().unwrap();
+    let updated = shown["updated_ms"].as_u64().unwrap();
+    assert!(
+        since <= updated && updated - since <= 86_400_000 + 3_600_000,
+        "{shown}"
+    );
+    let human = ok(&wallet(&w, &["own", "show", "--listen", "1"]).await);
+    assert!(human.contains(" (reading of "), "{human}");
+    assert!(human.contains("Used today: "), "{human}");
+
+    // Export: CSV and JSON, every row saying its resolution.
+    let csv_path = d.path().join("mine.csv");
+    let out = ok(&wallet(
+        &w,
+        &[
+            "own",
+            "export",
+            "--format",
+            "csv",
+            "--out",
+            csv_path.to_str().unwrap(),
+        ],
+    )
+    .await);
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some(p1consent_wallet::own::CSV_HEADER));
+    let rows: Vec<&str> = lines.collect();
+    assert!(rows.len() >= 2, "{csv}");
+    assert!(rows.iter().all(|r| r.starts_with("raw,")), "{csv}");
+    assert!(
+        out.contains(&format!("Saved {} row(s)", rows.len())),
+        "{out}"
+    );
+    let json_path = d.path().join("mine.json");
+    let r = json(
+        &wallet(
+            &w,
+            &[
+                "--json",
+                "own",
+                "export",
+                "--format",
+                "json",
+                "--out",
+                json_path.to_str().unwrap(),
+            ],
+        )
+        .await,
+    );
+    let exported: Vec<p1consent_wallet::OwnRow> =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(r["rows"].as_u64(), Some(exported.len() as u64));
+    assert!(exported.len() >= rows.len());
+    assert!(
+        exported
+            .iter()
+            .all(|x| x.resolution == p1consent_wallet::RowResolution::Raw && x.readings == 1)
+    );
+    let e = failed(
+        &wallet(
+            &w,
+            &[
+                "own",
+                "export",
+                "--format",
+                "xml",
+                "--out",
+                json_path.to_str().unwrap(),
+            ],
+        )
+        .await,
+    );
+    assert!(e.contains("csv or json"), "{e}");
+
+    // Nothing is two days old yet: compaction keeps every reading raw.
+    let c = json(&wallet(&w, &["--json", "own", "compact"]).await);
+    assert_eq!(
+        (c["folded"].as_u64(), c["damaged"].as_u64()),
+        (Some(0), Some(0))
+    );
+    agent.stop().await;
+}
