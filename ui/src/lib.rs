@@ -799,16 +799,44 @@ fn AuditPage() -> impl IntoView {
             } else {
                 format!("{} of the records failed the check. Do not rely on them.", a.rejected)
             };
+            // The own view is this wallet reading your own meter: its records are checked like
+            // all others but listed apart, as "Who has access" leaves it out.
+            let (own, threads): (Vec<_>, Vec<_>) =
+                a.threads.into_iter().partition(|t| t.kind == "own_view");
+            let thread_item = |t: api::Thread| {
+                let what = match t.kind.as_str() {
+                    "consent" => "Consent",
+                    "own_view" => "Your own view",
+                    "device" => "Meter",
+                    _ => "Unknown",
+                };
+                view! {
+                    <li>
+                        {format!("{what} thread {}: {} records", short(&t.thread_id), t.entries.len())}
+                        {t.rejected.into_iter().map(|r| view! { <p class="error">{r.error}</p> }).collect_view()}
+                    </li>
+                }
+            };
+            let consents = threads.iter().filter(|t| t.kind == "consent").count();
+            let counts = format!(
+                "{} meter thread(s), {} consent thread(s){}.",
+                threads.iter().filter(|t| t.kind == "device").count(),
+                consents,
+                if own.is_empty() { String::new() } else { format!(", and {} of your own view", own.len()) }
+            );
             view! {
                 <p id="audit-result" class=if a.verified { "ok" } else { "error" } role="status">{headline}</p>
+                <p id="audit-counts">{counts}</p>
                 <ul class="cards" aria-label="Record threads">
-                    {a.threads.into_iter().map(|t| view! {
-                        <li>
-                            {format!("{} thread {}: {} records", if t.kind == "consent" { "Consent" } else { "Meter" }, short(&t.thread_id), t.entries.len())}
-                            {t.rejected.into_iter().map(|r| view! { <p class="error">{r.error}</p> }).collect_view()}
-                        </li>
-                    }).collect_view()}
+                    {threads.into_iter().map(thread_item).collect_view()}
                 </ul>
+                {(!own.is_empty()).then(|| view! {
+                    <h3 id="audit-own-title">"Your own view"</h3>
+                    <p>"This wallet reading your own meter for the Your meters page. It is not someone with access, so it is not listed under Who has access."</p>
+                    <ul class="cards" aria-labelledby="audit-own-title">
+                        {own.into_iter().map(thread_item).collect_view()}
+                    </ul>
+                })}
             }
         })}
         <OwnExport />
@@ -839,24 +867,147 @@ fn power_text(kw: f64) -> String {
     }
 }
 
-/// The points of an SVG polyline (`width` x `height`) of the chart, oldest left.
-fn chart_points(chart: &[(u64, f64)], width: f64, height: f64) -> String {
+/// The view box of the power chart and its plot area (left margin for the power labels,
+/// bottom margin for the times).
+const CHART_W: f64 = 340.0;
+const CHART_H: f64 = 110.0;
+const PLOT_X: f64 = 50.0;
+const PLOT_Y: f64 = 8.0;
+const PLOT_W: f64 = CHART_W - PLOT_X - 8.0;
+const PLOT_H: f64 = CHART_H - PLOT_Y - 22.0;
+
+/// The smallest of 1, 2, 2.5, 5, 10 × a power of ten that is at least `x` (> 0).
+fn nice_ceiling(x: f64) -> f64 {
+    if !(x.is_finite() && x > 0.0) {
+        return 0.0;
+    }
+    let p = 10f64.powf(x.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * p)
+        .find(|v| *v >= x * (1.0 - 1e-12))
+        .unwrap_or(10.0 * p)
+}
+
+/// The power axis of the chart: its range (kW) and 2–3 labelled values.
+#[derive(Debug, Clone, PartialEq)]
+struct PowerAxis {
+    lo: f64,
+    hi: f64,
+    ticks: Vec<f64>,
+}
+
+fn power_axis(chart: &[(u64, f64)]) -> PowerAxis {
+    let min = chart.iter().map(|p| p.1).fold(0.0_f64, f64::min);
+    let max = chart.iter().map(|p| p.1).fold(0.0_f64, f64::max);
+    let hi = nice_ceiling(max);
+    // (No "-0 W" label: zero is positive.)
+    let lo = if min < 0.0 { -nice_ceiling(-min) } else { 0.0 };
+    let (lo, hi) = if hi - lo < 1e-9 { (0.0, 0.1) } else { (lo, hi) };
+    let ticks = if lo < 0.0 && hi > 0.0 {
+        vec![lo, 0.0, hi]
+    } else {
+        vec![lo, (lo + hi) / 2.0, hi]
+    };
+    PowerAxis { lo, hi, ticks }
+}
+
+/// The y coordinate of `kw` on `axis`.
+fn chart_y(axis: &PowerAxis, kw: f64) -> f64 {
+    PLOT_Y + PLOT_H - (kw - axis.lo) / (axis.hi - axis.lo) * PLOT_H
+}
+
+/// The points of the chart's SVG polyline inside the plot area, oldest left.
+fn chart_points(chart: &[(u64, f64)], axis: &PowerAxis) -> String {
     let (Some(t0), Some(t1)) = (chart.first().map(|p| p.0), chart.last().map(|p| p.0)) else {
         return String::new();
     };
     let span = (t1.saturating_sub(t0)).max(1) as f64;
-    let lo = chart.iter().map(|p| p.1).fold(0.0_f64, f64::min);
-    let hi = chart.iter().map(|p| p.1).fold(0.0_f64, f64::max);
-    let range = if hi - lo > 1e-9 { hi - lo } else { 1.0 };
     chart
         .iter()
         .map(|(t, v)| {
-            let x = (t - t0) as f64 / span * width;
-            let y = height - (v - lo) / range * height;
+            let x = PLOT_X + t.saturating_sub(t0) as f64 / span * PLOT_W;
+            let y = chart_y(axis, *v);
             format!("{x:.1},{y:.1}")
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `HH:MM` of `ms` (Unix ms) at `offset_min` minutes east of UTC.
+fn hhmm(ms: u64, offset_min: i64) -> String {
+    let local_min = (ms / 60_000) as i64 + offset_min;
+    let m = local_min.rem_euclid(24 * 60);
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+/// `HH:MM` of `ms` in the browser's time zone.
+fn local_hhmm(ms: u64) -> String {
+    let d = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ms as f64));
+    // getTimezoneOffset is UTC minus local time, in minutes.
+    let off = d.get_timezone_offset();
+    hhmm(ms, if off.is_finite() { -(off as i64) } else { 0 })
+}
+
+/// The chart in words, for screen readers (and the SVG's `<title>`).
+fn chart_summary(chart: &[(u64, f64)], start: &str, end: &str) -> String {
+    let Some(last) = chart.last() else {
+        return "Power use chart: no readings yet.".to_string();
+    };
+    let min = chart.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let max = chart.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "Power use from {start} to {end}: between {} and {}, {} at {end}.",
+        power_text(min),
+        power_text(max),
+        power_text(last.1)
+    )
+}
+
+#[cfg(test)]
+mod chart_tests {
+    use super::*;
+
+    #[test]
+    fn power_axis_has_round_labelled_values() {
+        let a = power_axis(&[(0, 0.12), (1, 1.37), (2, 0.8)]);
+        assert_eq!((a.lo, a.hi), (0.0, 2.0));
+        assert_eq!(a.ticks, vec![0.0, 1.0, 2.0]);
+        let labels: Vec<String> = a.ticks.iter().map(|k| power_text(*k)).collect();
+        assert_eq!(labels, ["0 W", "1.00 kW", "2.00 kW"]);
+        // Feeding back: zero is labelled between the two ends.
+        let b = power_axis(&[(0, -0.3), (1, 0.45)]);
+        assert_eq!(b.ticks, vec![-0.5, 0.0, 0.5]);
+        // Nothing used: still a range, no division by zero.
+        let c = power_axis(&[(0, 0.0), (1, 0.0)]);
+        assert_eq!(c.ticks, vec![0.0, 0.05, 0.1]);
+        assert_eq!(nice_ceiling(0.21), 0.25);
+        assert_eq!(nice_ceiling(3.0), 5.0);
+    }
+
+    #[test]
+    fn points_fill_the_plot_area_and_times_are_local() {
+        let chart = [(1_000, 0.0), (61_000, 2.0)];
+        let axis = power_axis(&chart);
+        let pts = chart_points(&chart, &axis);
+        assert_eq!(
+            pts,
+            format!(
+                "{PLOT_X:.1},{:.1} {:.1},{PLOT_Y:.1}",
+                PLOT_Y + PLOT_H,
+                PLOT_X + PLOT_W
+            )
+        );
+        assert_eq!(chart_points(&[], &axis), "");
+        // 2026-01-05 23:50 UTC at UTC+1 and UTC-5.
+        let t = 1_767_571_200_000 + 23 * 3_600_000 + 50 * 60_000;
+        assert_eq!(hhmm(t, 60), "00:50");
+        assert_eq!(hhmm(t, -300), "18:50");
+        assert_eq!(
+            chart_summary(&[(t, 0.45), (t + 1, 1.2), (t + 2, 0.3)], "23:50", "00:00"),
+            "Power use from 23:50 to 00:00: between 300 W and 1.20 kW, 300 W at 00:00."
+        );
+    }
 }
 
 /// Current power, today's use and a live chart of one meter, refreshed every few seconds.
@@ -890,7 +1041,13 @@ fn MeterUse(device: String) -> impl IntoView {
                 Some(Err(e)) => view! { <p class="error">{format!("Your own data is not available: {e}")}</p> }.into_any(),
                 Some(Ok(u)) => {
                     if let Some(p) = u.problem.clone() {
-                        return view! { <p class="error">{format!("Your own data is not available: {p}")}</p> }.into_any();
+                        return view! {
+                            <p class="error">{p}</p>
+                            <p class="hint">
+                                "The wallet tries again by itself every 2 minutes while this page is open: there is nothing you need to do, and the meter stays paired."
+                            </p>
+                        }
+                            .into_any();
                     }
                     let now = match (u.power_kw, u.returned_kw) {
                         (Some(d), Some(r)) if r > 0.0 && r >= d => format!("Sending {} back to the grid", power_text(r)),
@@ -901,15 +1058,40 @@ fn MeterUse(device: String) -> impl IntoView {
                         Some(k) => format!("Used today: {k:.2} kWh"),
                         None => "Used today: not known yet".to_string(),
                     };
-                    let points = chart_points(&u.chart, 300.0, 60.0);
+                    let axis = power_axis(&u.chart);
+                    let points = chart_points(&u.chart, &axis);
+                    let (start, end) = match (u.chart.first(), u.chart.last()) {
+                        (Some(a), Some(b)) => (local_hhmm(a.0), local_hhmm(b.0)),
+                        _ => (String::new(), String::new()),
+                    };
+                    let summary = chart_summary(&u.chart, &start, &end);
+                    let title = summary.clone();
+                    let grid = axis.ticks.iter().map(|kw| {
+                        let y = chart_y(&axis, *kw);
+                        view! {
+                            <line x1=PLOT_X x2=PLOT_X + PLOT_W y1=y y2=y stroke="currentColor"
+                                stroke-opacity=if *kw == 0.0 { "0.5" } else { "0.2" } stroke-width="1" />
+                            <text x=PLOT_X - 4.0 y=y + 4.0 text-anchor="end" font-size="10" fill="#555">
+                                {power_text(*kw)}
+                            </text>
+                        }
+                    }).collect_view();
+                    let label_y = PLOT_Y + PLOT_H + 15.0;
                     view! {
                         <p class="power" id=format!("power-{}", short(&device))>{now}</p>
                         <p class="today">{today}</p>
-                        <svg class="chart" viewBox="0 0 300 60" width="300" height="60" role="img"
-                            aria-label="Your power use over the last minutes">
-                            <polyline points=points fill="none" stroke="currentColor" stroke-width="2" />
+                        <svg class="chart" viewBox=format!("0 0 {CHART_W} {CHART_H}") width=CHART_W height=CHART_H
+                            role="img" aria-label=summary>
+                            <title>{title}</title>
+                            <g aria-hidden="true">
+                                {grid}
+                                <line x1=PLOT_X x2=PLOT_X y1=PLOT_Y y2=PLOT_Y + PLOT_H stroke="currentColor" stroke-opacity="0.4" />
+                                <text x=PLOT_X y=label_y font-size="10" fill="#555">{start}</text>
+                                <text x=PLOT_X + PLOT_W y=label_y text-anchor="end" font-size="10" fill="#555">{end}</text>
+                                <polyline points=points fill="none" stroke="currentColor" stroke-width="2" />
+                            </g>
                         </svg>
-                        <p class="hint">"Last 10 minutes, updated every few seconds."</p>
+                        <p class="hint">"Last 10 minutes (your local time), updated every few seconds."</p>
                     }
                         .into_any()
                 }
