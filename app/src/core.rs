@@ -337,10 +337,14 @@ impl AppCore {
                 usage.returned_kw = r.power_returned_kw;
                 usage.updated_ms = Some(r.timestamp_ms);
                 let from = r.timestamp_ms.saturating_sub(CHART_MINUTES * 60_000);
+                let until = r.timestamp_ms;
                 let points: Vec<(u64, f64)> = w
                     .own_readings(&device, from)
                     .map_err(plain)?
                     .iter()
+                    // The reader task may have stored newer readings since `latest` was read:
+                    // the chart ends with the reading shown as "now".
+                    .filter(|r| r.timestamp_ms <= until)
                     .filter_map(|r| {
                         let d = r.power_delivered_kw?;
                         Some((r.timestamp_ms, d - r.power_returned_kw.unwrap_or(0.0)))

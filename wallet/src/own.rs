@@ -381,8 +381,18 @@ impl Wallet {
     /// The latest reading of `device` within the last day (`None` if the meter sent nothing
     /// for a day).
     pub fn own_latest(&self, device: &str) -> Result<Option<OwnReading>> {
-        let since = crate::wallet::now_ms().saturating_sub(86_400_000);
-        Ok(self.own_readings(device, since)?.pop())
+        let now = crate::wallet::now_ms();
+        // The last minutes first (the Devices page asks every few seconds; a day of readings
+        // is ~26 MB), then the whole day.
+        if let Some(r) = self
+            .own_readings(device, now.saturating_sub(15 * 60_000))?
+            .pop()
+        {
+            return Ok(Some(r));
+        }
+        Ok(self
+            .own_readings(device, now.saturating_sub(86_400_000))?
+            .pop())
     }
 
     /// Energy delivered since `since_ms` (e.g. local midnight): the latest meter total minus
