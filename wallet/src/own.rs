@@ -37,6 +37,9 @@ use crate::{
 pub fn own_view_note(e: &WalletError) -> String {
     let why = match e {
         WalletError::OwnView(m) => m.clone(),
+        WalletError::SuiteMismatch => {
+            "the meter uses another type of key than this wallet's own reader".to_string()
+        }
         other => other.to_string(),
     };
     format!("The meter is paired, but showing you its data could not be set up yet: {why}.")
@@ -963,13 +966,25 @@ fn prepare(path: &Path, now_ms: u64) -> Result<Option<Prepared>> {
             if (n as u64) < MAX_LINE {
                 break; // the end of the file, in the middle of a line
             }
-            // An overlong line: damaged; skip the rest of it.
+            // An overlong line: damaged; skip the rest of it, a bounded piece at a time.
+            let mut skipped = n as u64;
             let mut rest = Vec::new();
-            let m = reader.read_until(b'\n', &mut rest).map_err(io)?;
-            if rest.last() != Some(&b'\n') {
-                break;
+            let ended = loop {
+                rest.clear();
+                let m = reader
+                    .by_ref()
+                    .take(MAX_LINE)
+                    .read_until(b'\n', &mut rest)
+                    .map_err(io)?;
+                skipped += m as u64;
+                if m == 0 || rest.last() == Some(&b'\n') {
+                    break m > 0;
+                }
+            };
+            if !ended {
+                break; // still being written: copied as it is below
             }
-            done += (n + m) as u64;
+            done += skipped;
             report.damaged += 1;
             damaged.extend_from_slice(&line[..256.min(line.len())]);
             damaged.push(b'\n');
@@ -1407,14 +1422,29 @@ mod tests {
         let start = NOW - 3 * DAY;
         let (old, n_old) = readings(start, start + DAY / 2, 0);
         let (recent, n_recent) = readings(NOW - 3_600_000, NOW, n_old);
-        let text = format!("{old}{{\"seq\": 1, broken\n\u{0}\u{1}garbage\n{recent}");
+        // Two damaged lines, one far too long, and a last line still being written.
+        let long = "x".repeat(2 * MAX_LINE as usize + 10);
+        let partial = "{\"consent\":\"00\",\"seq\":99999,\"timest";
+        let text =
+            format!("{old}{{\"seq\": 1, broken\n\u{0}\u{1}garbage\n{long}\n{recent}{partial}");
         std::fs::write(&path, &text).unwrap();
         let report = compact_dir(dir.path(), NOW).unwrap();
-        assert_eq!(report.damaged, 2);
+        assert_eq!(report.damaged, 3);
         assert_eq!(report.folded, n_old);
         assert_eq!(report.kept_raw, n_recent);
         let side = std::fs::read_to_string(data.join("c.jsonl.damaged")).unwrap();
-        assert_eq!(side, "{\"seq\": 1, broken\n\u{0}\u{1}garbage\n");
+        assert_eq!(
+            side,
+            format!(
+                "{{\"seq\": 1, broken\n\u{0}\u{1}garbage\n{}\n",
+                &long[..256]
+            )
+        );
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            after.ends_with(&format!("{recent}{partial}")),
+            "kept as it is"
+        );
         let rows = stored(&path, 0);
         assert_eq!(
             rows.iter().map(Stored::readings).sum::<u64>(),

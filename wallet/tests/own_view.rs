@@ -298,9 +298,8 @@ async fn pairing_stands_and_says_so_when_the_own_view_cannot_be_granted() {
     let note = p.own_view_note.expect("a note");
     assert_eq!(
         note,
-        "The meter is paired, but showing you its data could not be set up yet: the meter and \
-         the provider use different key types; this provider cannot be granted access to this \
-         meter."
+        "The meter is paired, but showing you its data could not be set up yet: the meter \
+         uses another type of key than this wallet's own reader."
     );
     let dev = odd.device.opaque_id().to_hex();
     assert_eq!(p.device_id, dev);
