@@ -336,6 +336,43 @@ async fn pairing_stands_and_says_so_when_the_own_view_cannot_be_granted() {
         0,
         "{kinds:?}"
     );
+
+    // The reader compacts when it starts: a file of the own view with readings of three days
+    // ago (15 minutes, every 10 s) becomes one aggregate; the energy over it is kept.
+    let data = wallet.own_view_dir().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let t0 = (now_ms() - 3 * 86_400_000) / 900_000 * 900_000;
+    let mut text = String::new();
+    for i in 0..90u64 {
+        let payload = ViewPayload::Reading(p1consent_shared::view::Reading {
+            time_ms: t0 + i * 10_000,
+            power_delivered_kw: Some(0.5),
+            energy_delivered_total_kwh: Some(100.0 + i as f64 / 100.0),
+            ..Default::default()
+        });
+        let line = serde_json::json!({
+            "consent": own.to_hex(), "seq": i, "timestamp_ms": t0 + i * 10_000, "payload": payload
+        });
+        text.push_str(&format!("{line}\n"));
+    }
+    std::fs::write(data.join(format!("{own}.jsonl")), text).unwrap();
+    let kwh = (100.0 + 89.0 / 100.0) - 100.0;
+    assert_eq!(
+        wallet.own_consumption_since(&dev, t0).expect("kWh"),
+        Some(kwh)
+    );
+    let reader = wallet.own_reader().expect("reader");
+    let report = reader.last_compaction().clone().expect("compacted");
+    assert_eq!((report.folded, report.aggregates), (90, 1));
+    let rows = wallet.own_rows(&dev, 0).expect("rows");
+    assert_eq!(rows[0].resolution, RowResolution::QuarterHour);
+    assert_eq!((rows[0].timestamp_ms, rows[0].readings), (t0, 90));
+    assert_eq!(rows[0].power_delivered_kw, Some(0.5));
+    assert_eq!(
+        wallet.own_consumption_since(&dev, t0).expect("kWh"),
+        Some(kwh)
+    );
+    reader.close().expect("close");
     odd.stop().await;
     usual.stop().await;
 }
