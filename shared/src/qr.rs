@@ -7,7 +7,8 @@
 //!
 //! - [`render_terminal`]: Unicode half blocks (two modules per character cell), for a terminal
 //!   with a dark background; [`render_terminal_with`] for light backgrounds.
-//! - [`render_svg`], [`render_png`]: images for the web wallet and print.
+//! - [`render_svg`], [`render_png`]: images for the web wallet and print; [`render_luma`]:
+//!   raw greyscale pixels.
 //! - [`decode_image`]: the text of the first QR code found in a PNG (scanned or rendered).
 //! - [`decode_luma`]: the same for a raw 8-bit greyscale frame (a camera frame from the app's
 //!   window), given with its width and height.
@@ -250,9 +251,15 @@ pub fn render_svg(text: &str) -> Result<String, QrError> {
     ))
 }
 
-/// `text` as a greyscale PNG, `module_px` pixels per module (1–[`MAX_MODULE_PX`]), quiet zone
-/// included.
-pub fn render_png(text: &str, module_px: u32) -> Result<Vec<u8>, QrError> {
+/// `text` as square greyscale pixels (0 dark, 255 light), `module_px` pixels per module
+/// (1–[`MAX_MODULE_PX`]), quiet zone included: `(side, pixels)` with `side × side` bytes, row
+/// by row (the layout of [`decode_luma`]'s frames).
+pub fn render_luma(text: &str, module_px: u32) -> Result<(u32, Vec<u8>), QrError> {
+    let img = render_gray(text, module_px)?;
+    Ok((img.width(), img.into_raw()))
+}
+
+fn render_gray(text: &str, module_px: u32) -> Result<GrayImage, QrError> {
     if module_px == 0 || module_px > MAX_MODULE_PX {
         return Err(QrError::ModuleSize(module_px));
     }
@@ -263,10 +270,16 @@ pub fn render_png(text: &str, module_px: u32) -> Result<Vec<u8>, QrError> {
         .and_then(|s| s.checked_mul(module_px))
         .ok_or_else(|| QrError::Encode("image too large".into()))?;
     let px = module_px as usize;
-    let img = GrayImage::from_fn(side, side, |x, y| {
+    Ok(GrayImage::from_fn(side, side, |x, y| {
         let dark = m.get(x as usize / px, y as usize / px);
         Luma([if dark { 0 } else { 255 }])
-    });
+    }))
+}
+
+/// `text` as a greyscale PNG, `module_px` pixels per module (1–[`MAX_MODULE_PX`]), quiet zone
+/// included.
+pub fn render_png(text: &str, module_px: u32) -> Result<Vec<u8>, QrError> {
+    let img = render_gray(text, module_px)?;
     let mut out = Cursor::new(Vec::new());
     img.write_to(&mut out, ImageFormat::Png)
         .map_err(|e| QrError::Encode(e.to_string()))?;
@@ -381,6 +394,19 @@ mod tests {
         // The smallest frame the window sends is still readable at 3 px per module.
         let f = frame(LINK, 3, 320, 240);
         assert_eq!(decode_luma(320, 240, &f), Ok(LINK.to_string()));
+    }
+
+    #[test]
+    fn rendered_luma_decodes_and_matches_the_png() {
+        let (side, px) = render_luma(LINK, 4).unwrap_or_else(|e| panic!("render: {e}"));
+        assert_eq!(px.len(), (side * side) as usize);
+        assert_eq!(side % 4, 0);
+        assert!(px.iter().all(|&p| p == 0 || p == 255));
+        assert_eq!(decode_luma(side, side, &px), Ok(LINK.to_string()));
+        let png = render_png(LINK, 4).unwrap_or_else(|e| panic!("png: {e}"));
+        assert_eq!(decode_image(&png), Ok(LINK.to_string()));
+        assert_eq!(render_luma(LINK, 0), Err(QrError::ModuleSize(0)));
+        assert_eq!(render_luma("", 4), Err(QrError::EmptyText));
     }
 
     #[test]
