@@ -312,14 +312,23 @@ fn allow_camera(view: &webkit2gtk::WebView) {
         }
     }
     view.connect_permission_request(|_, request| {
-        match request.downcast_ref::<UserMediaPermissionRequest>() {
-            Some(media) if media.is_for_video_device() && !media.is_for_audio_device() => {
-                request.allow();
-            }
-            _ => request.deny(),
+        let media = request
+            .downcast_ref::<UserMediaPermissionRequest>()
+            .map(|m| (m.is_for_video_device(), m.is_for_audio_device()));
+        if camera_permission(media) {
+            request.allow();
+        } else {
+            request.deny();
         }
         true
     });
+}
+
+/// The window's answer to a WebKitGTK permission request: `media` is `(video, audio)` of a
+/// user-media request, `None` for any other kind. Only a camera without a microphone.
+#[cfg(target_os = "linux")]
+fn camera_permission(media: Option<(bool, bool)>) -> bool {
+    matches!(media, Some((true, false)))
 }
 
 /// Starts the app (blocks until the window closes); on Android and iOS the entry point the
@@ -433,6 +442,17 @@ pub fn run() {
 mod tests {
     use super::single_instance_id;
     use std::ffi::OsStr;
+
+    #[test]
+    fn only_a_camera_without_microphone_is_allowed() {
+        use super::camera_permission;
+        assert!(camera_permission(Some((true, false))));
+        // Camera and microphone, microphone alone, screen capture (neither), other requests.
+        assert!(!camera_permission(Some((true, true))));
+        assert!(!camera_permission(Some((false, true))));
+        assert!(!camera_permission(Some((false, false))));
+        assert!(!camera_permission(None));
+    }
 
     #[test]
     fn each_wallet_folder_has_its_own_valid_single_instance_name() {

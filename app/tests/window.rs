@@ -283,7 +283,11 @@ async fn owner_pairs_approves_sees_data_and_withdraws_in_the_window() {
     let home2 = tempfile::tempdir().unwrap();
     let data2 = home2.path().join("wallet");
     let d2 = data2.clone();
-    in_window(&app_env(home2.path(), &data2), move |w| async move {
+    // This device gets WebKit's fake camera (P1CONSENT_MOCK_CAMERA=1): no getUserMedia is
+    // replaced here, the request goes through WebKitGTK's capture pipeline.
+    let mut env2 = app_env(home2.path(), &data2);
+    env2.push(("P1CONSENT_MOCK_CAMERA", PathBuf::from("1")));
+    in_window(&env2, move |w| async move {
         restore(w, kit, d2, url).await;
         drop(world);
     })
@@ -638,4 +642,23 @@ async fn restore(w: Window, kit: PathBuf, data: PathBuf, broker: String) {
     })
     .await;
     w.shot("08-restored-on-another-device").await;
+
+    // The real camera path in WebKitGTK, with WebKit's mock camera: getUserMedia, the preview
+    // and frame reading without any replacement. (WebKit grants its mock devices without
+    // asking, so this does not reach the app's permission handler; a unit test covers its
+    // decision.)
+    w.click("#nav-pair").await;
+    w.click("#camera-start").await;
+    wait_js(&w, "the mock camera's preview", "(() => { const v = document.querySelector('#camera-preview'); return v.readyState >= 2 && v.videoWidth > 0 && getComputedStyle(v).display !== 'none'; })()").await;
+    w.wait_text("the mock camera looking", "#camera-status", |t| {
+        t.starts_with("Looking for the QR code") || t.starts_with("Still looking")
+    })
+    .await;
+    w.shot("09-camera-webkit-mock-device").await;
+    let tracks = fake_camera_state(&w, "document.querySelector('#camera-preview').srcObject.getTracks().map(t => t.kind + ':' + t.readyState).join(',')").await;
+    assert_eq!(tracks, "video:live", "one live video track, no audio");
+    w.click("#camera-stop").await;
+    wait_js(&w, "the mock camera stopped", "document.querySelector('#camera-preview').srcObject.getTracks().every(t => t.readyState === 'ended')").await;
+    w.wait_text("the camera off", "#camera-status", str::is_empty)
+        .await;
 }
