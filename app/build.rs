@@ -6,6 +6,7 @@ fn main() {
         "create_identity",
         "pair",
         "pair_image",
+        "scan_frame",
         "devices",
         "own_usage",
         "export_own_data",

@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use p1consent_shared::consent::ConsentStatus;
+use p1consent_shared::{consent::ConsentStatus, qr};
 use p1consent_wallet::{
     ConsentLine, ExportFormat, KdfParams, RequestSummary, SecretStore, Wallet, WalletError,
     WalletOptions, recovery,
@@ -65,6 +65,44 @@ pub struct OwnUsage {
     pub chart: Vec<(u64, f64)>,
     /// Why the own view is not available, in words (the rest is then empty).
     pub problem: Option<String>,
+}
+
+/// What one camera frame showed ([`scan_frame`]).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "found", rename_all = "snake_case")]
+pub enum FrameScan {
+    /// No QR code could be read in this frame: keep looking.
+    Nothing,
+    /// A QR code that is not a meter's pairing code (e.g. a provider's request).
+    Other,
+    /// A meter's pairing code: the UI stops the camera and pairs with it (`pair`).
+    Pairing {
+        /// The `p1consent://pair?...` text.
+        code: String,
+    },
+}
+
+/// Reads one camera frame: `luma` is `width` × `height` bytes of greyscale, row by row (the
+/// window scales frames down to at most 640 pixels per side). A frame without a readable QR
+/// code is [`FrameScan::Nothing`], not an error; a frame whose size is zero, too large
+/// (above [`qr::MAX_FRAME_DIMENSION`] per side) or does not match its bytes is a
+/// [`qr::QrError`], checked before any decoding.
+pub fn scan_frame(width: u32, height: u32, luma: &[u8]) -> Result<FrameScan, qr::QrError> {
+    match qr::decode_luma(width, height, luma) {
+        Ok(text) => {
+            let text = text.trim();
+            if text.starts_with("p1consent://pair?") {
+                Ok(FrameScan::Pairing {
+                    code: text.to_string(),
+                })
+            } else {
+                Ok(FrameScan::Other)
+            }
+        }
+        // Blur, a code cut by the frame's edge, a hand in front: the next frame may do.
+        Err(qr::QrError::NotFound | qr::QrError::Decode(_)) => Ok(FrameScan::Nothing),
+        Err(e) => Err(e),
+    }
 }
 
 /// A failed command, as the sentence the UI shows.

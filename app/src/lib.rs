@@ -55,6 +55,46 @@ async fn pair_image(core: State<'_, AppCore>, image: Vec<u8>) -> CmdResult<Paire
     core.pair_image(image).await
 }
 
+/// Header of a `scan_frame` call: the frame's width in pixels.
+pub const FRAME_WIDTH_HEADER: &str = "p1c-frame-width";
+/// Header of a `scan_frame` call: the frame's height in pixels.
+pub const FRAME_HEIGHT_HEADER: &str = "p1c-frame-height";
+
+/// One camera frame from the Pair page: the raw body is `width` × `height` bytes of
+/// greyscale (no JSON), width and height in the headers [`FRAME_WIDTH_HEADER`] and
+/// [`FRAME_HEIGHT_HEADER`]. Decoded off the async workers; see [`core::scan_frame`].
+#[tauri::command]
+async fn scan_frame(request: tauri::ipc::Request<'_>) -> CmdResult<core::FrameScan> {
+    let tauri::ipc::InvokeBody::Raw(luma) = request.body() else {
+        return Err("a camera frame is sent as raw bytes".to_string());
+    };
+    let dimension = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .ok_or_else(|| format!("a camera frame needs its {name} header (a number)"))
+    };
+    let (width, height) = (
+        dimension(FRAME_WIDTH_HEADER)?,
+        dimension(FRAME_HEIGHT_HEADER)?,
+    );
+    let max = p1consent_shared::qr::MAX_FRAME_DIMENSION as usize;
+    if luma.len() > max * max {
+        return Err(p1consent_shared::qr::QrError::FrameLength {
+            expected: (width as usize).saturating_mul(height as usize),
+            got: luma.len(),
+        }
+        .to_string());
+    }
+    let luma = luma.clone();
+    tauri::async_runtime::spawn_blocking(move || core::scan_frame(width, height, &luma))
+        .await
+        .map_err(|_| "the camera frame could not be read".to_string())?
+        .map_err(|e| format!("camera frame refused: {e}"))
+}
+
 #[tauri::command]
 async fn devices(core: State<'_, AppCore>) -> CmdResult<Vec<DeviceView>> {
     core.devices().await
@@ -155,6 +195,7 @@ pub const COMMANDS: &[&str] = &[
     "create_identity",
     "pair",
     "pair_image",
+    "scan_frame",
     "devices",
     "own_usage",
     "export_own_data",
@@ -253,6 +294,43 @@ fn single_instance_id(identifier: &str, data_dir: Option<&std::ffi::OsStr>) -> S
     }
 }
 
+/// Lets the Pair page use the camera in WebKitGTK: media streams (`getUserMedia`) are off by
+/// default there, and WebKitGTK denies every permission request that no handler answers. The
+/// window may use a camera (video, no microphone); every other request (microphone, screen,
+/// location, notifications, device list, …) is denied.
+#[cfg(target_os = "linux")]
+fn allow_camera(view: &webkit2gtk::WebView) {
+    use webkit2gtk::{
+        PermissionRequestExt, SettingsExt, UserMediaPermissionRequest,
+        UserMediaPermissionRequestExt, WebViewExt, glib::prelude::Cast,
+    };
+    if let Some(settings) = WebViewExt::settings(view) {
+        settings.set_enable_media_stream(true);
+        // Tests only: WebKit's built-in fake camera (a moving test pattern) instead of a device.
+        if std::env::var_os("P1CONSENT_MOCK_CAMERA").is_some_and(|v| v == "1") {
+            settings.set_enable_mock_capture_devices(true);
+        }
+    }
+    view.connect_permission_request(|_, request| {
+        let media = request
+            .downcast_ref::<UserMediaPermissionRequest>()
+            .map(|m| (m.is_for_video_device(), m.is_for_audio_device()));
+        if camera_permission(media) {
+            request.allow();
+        } else {
+            request.deny();
+        }
+        true
+    });
+}
+
+/// The window's answer to a WebKitGTK permission request: `media` is `(video, audio)` of a
+/// user-media request, `None` for any other kind. Only a camera without a microphone.
+#[cfg(target_os = "linux")]
+fn camera_permission(media: Option<(bool, bool)>) -> bool {
+    matches!(media, Some((true, false)))
+}
+
 /// Starts the app (blocks until the window closes); on Android and iOS the entry point the
 /// generated mobile project calls.
 #[cfg_attr(mobile, tauri::mobile_entry_point)]
@@ -288,9 +366,18 @@ pub fn run() {
         ));
         builder.plugin(single.build())
     };
+    // Android and iOS: the system's barcode scanner reads the pairing QR code (the UI calls
+    // `plugin:barcode-scanner|scan`; allowed by capabilities/mobile.json).
+    #[cfg(mobile)]
+    let builder = builder.plugin(tauri_plugin_barcode_scanner::init());
     builder
         .plugin(tauri_plugin_deep_link::init())
         .setup(move |app| {
+            #[cfg(target_os = "linux")]
+            if let Some(window) = app.get_webview_window("main") {
+                // Runs on the main thread before the page can ask for the camera.
+                window.with_webview(|w| allow_camera(&w.inner()))?;
+            }
             let dir = match std::env::var_os("P1CONSENT_DATA_DIR") {
                 Some(d) => PathBuf::from(d),
                 None => app.path().app_data_dir()?,
@@ -330,6 +417,7 @@ pub fn run() {
             create_identity,
             pair,
             pair_image,
+            scan_frame,
             devices,
             own_usage,
             export_own_data,
@@ -354,6 +442,17 @@ pub fn run() {
 mod tests {
     use super::single_instance_id;
     use std::ffi::OsStr;
+
+    #[test]
+    fn only_a_camera_without_microphone_is_allowed() {
+        use super::camera_permission;
+        assert!(camera_permission(Some((true, false))));
+        // Camera and microphone, microphone alone, screen capture (neither), other requests.
+        assert!(!camera_permission(Some((true, true))));
+        assert!(!camera_permission(Some((false, true))));
+        assert!(!camera_permission(Some((false, false))));
+        assert!(!camera_permission(None));
+    }
 
     #[test]
     fn each_wallet_folder_has_its_own_valid_single_instance_name() {

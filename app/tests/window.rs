@@ -283,11 +283,125 @@ async fn owner_pairs_approves_sees_data_and_withdraws_in_the_window() {
     let home2 = tempfile::tempdir().unwrap();
     let data2 = home2.path().join("wallet");
     let d2 = data2.clone();
-    in_window(&app_env(home2.path(), &data2), move |w| async move {
+    // This device gets WebKit's fake camera (P1CONSENT_MOCK_CAMERA=1): no getUserMedia is
+    // replaced here, the request goes through WebKitGTK's capture pipeline.
+    let mut env2 = app_env(home2.path(), &data2);
+    env2.push(("P1CONSENT_MOCK_CAMERA", PathBuf::from("1")));
+    in_window(&env2, move |w| async move {
         restore(w, kit, d2, url).await;
         drop(world);
     })
     .await;
+}
+
+/// Replaces the camera (only it) with a canvas: `navigator.mediaDevices.getUserMedia` returns
+/// `canvas.captureStream()`; the canvas shows nothing (`show = 'none'`), a QR code that is not
+/// a pairing code (`'other'`) or the meter's pairing QR code (`'pairing'`), redrawn ten times
+/// a second. Every stream handed out and every constraint asked for are kept in
+/// `window.__fakeCamera`. Returns what `typeof navigator.mediaDevices` was before.
+async fn fake_camera(w: &Window, pairing: &str) -> String {
+    let png = |text: &str| {
+        let bytes = p1consent_shared::qr::render_png(text, 6).expect("QR picture");
+        format!("data:image/png;base64,{}", base64(&bytes))
+    };
+    let script = r#"
+        const [pairing, other] = arguments;
+        const had = typeof navigator.mediaDevices;
+        const canvas = document.createElement('canvas');
+        canvas.width = 640;
+        canvas.height = 480;
+        const g = canvas.getContext('2d');
+        const load = (src) => { const i = new Image(); i.src = src; return i; };
+        const codes = { pairing: load(pairing), other: load(other) };
+        const fake = { show: 'none', asked: [], streams: [], frames: 0 };
+        window.__fakeCamera = fake;
+        const draw = () => {
+            fake.frames++;
+            g.fillStyle = fake.frames % 2 ? '#8a8a8a' : '#888888';
+            g.fillRect(0, 0, 640, 480);
+            const img = codes[fake.show];
+            if (img && img.complete && img.naturalWidth) {
+                g.drawImage(img, (640 - img.naturalWidth) / 2, (480 - img.naturalHeight) / 2);
+            }
+        };
+        draw();
+        setInterval(draw, 100);
+        if (!navigator.mediaDevices) {
+            Object.defineProperty(navigator, 'mediaDevices', { value: {}, configurable: true });
+        }
+        navigator.mediaDevices.getUserMedia = (constraints) => {
+            fake.asked.push(constraints);
+            const s = canvas.captureStream(10);
+            fake.streams.push(s);
+            return Promise.resolve(s);
+        };
+        return had;
+    "#;
+    let had =
+        w.c.execute(
+            script,
+            vec![
+                serde_json::Value::String(png(pairing)),
+                serde_json::Value::String(png("https://example.org/not-a-meter")),
+            ],
+        )
+        .await
+        .expect("install the fake camera");
+    had.as_str().unwrap_or_default().to_string()
+}
+
+/// Evaluates `expr` in the window, as a string.
+async fn fake_camera_state(w: &Window, expr: &str) -> String {
+    let v =
+        w.c.execute(&format!("return String({expr});"), vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{expr}: {e}"));
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// Waits until `expr` is true in the window.
+async fn wait_js(w: &Window, what: &str, expr: &str) {
+    *w.step.lock().unwrap_or_else(|p| p.into_inner()) = what.to_string();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if fake_camera_state(w, expr).await == "true" {
+            return;
+        }
+        if Instant::now() >= deadline {
+            w.shot(&format!("failed-{}", what.replace(' ', "-"))).await;
+            let camera = match w.c.find(Locator::Css("#camera-status")).await {
+                Ok(e) => e.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            panic!(
+                "timed out waiting for {what} ({expr}); camera: {camera:?}; message: {:?}",
+                w.message().await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Standard base64 with padding (for a data: URL).
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The owner's first device, from the first start to a withdrawal. Returns the world, which
@@ -321,13 +435,60 @@ async fn scenario(w: Window, world: World, mut prov: Prov, data: PathBuf, kit: P
     assert!(kit.exists());
     w.shot("03-recovery-kit-saved").await;
 
-    // 4. Pair: paste the text of the meter's QR code.
+    // 4. Pair with the camera. This machine has none, so the test fakes only the camera:
+    // `getUserMedia` returns the stream of a canvas (`captureStream`) that shows first no
+    // code, then another QR code, then the meter's pairing QR code. Everything after that is
+    // the app's: the preview, frames sent to `scan_frame`, decoding, pairing.
     w.click("#go-pair").await;
     let pairing = world.pairing_link().await;
-    w.type_into("#pair-code", &pairing).await;
-    w.click("#pair-button").await;
+    let media = fake_camera(&w, &pairing).await;
+    assert_eq!(
+        media, "object",
+        "navigator.mediaDevices exists: the app enabled media streams in WebKitGTK"
+    );
+    w.click("#camera-start").await;
+    w.wait_text("the camera looking", "#camera-status", |t| {
+        t.starts_with("Looking for the QR code")
+    })
+    .await;
+    let asked = fake_camera_state(&w, "JSON.stringify(window.__fakeCamera.asked[0])").await;
+    assert_eq!(
+        asked, r#"{"video":{"facingMode":{"ideal":"environment"}},"audio":false}"#,
+        "the app asks for video only, the camera facing away preferred"
+    );
+    // Stop: the camera's tracks end and the preview goes away.
+    w.click("#camera-stop").await;
+    wait_js(
+        &w,
+        "the stopped camera",
+        "window.__fakeCamera.streams[0].getTracks().every(t => t.readyState === 'ended')",
+    )
+    .await;
+    wait_js(
+        &w,
+        "the hidden preview",
+        "getComputedStyle(document.querySelector('#camera-preview')).display === 'none'",
+    )
+    .await;
+    // Again, now showing a QR code that is not a pairing code: the app keeps looking.
+    fake_camera_state(&w, "window.__fakeCamera.show = 'other'").await;
+    w.click("#camera-start").await;
+    w.wait_text("the other code", "#camera-status", |t| {
+        t.contains("not a meter's pairing code")
+    })
+    .await;
+    wait_js(&w, "the live preview", "(() => { const v = document.querySelector('#camera-preview'); return v.readyState >= 2 && v.videoWidth === 640 && getComputedStyle(v).display !== 'none'; })()").await;
+    w.shot("04a-camera-preview").await;
+    // The meter's code: the app stops the camera and pairs.
+    fake_camera_state(&w, "window.__fakeCamera.show = 'pairing'").await;
     w.wait_message("the pairing", "Paired with Meter hall")
         .await;
+    wait_js(&w, "the camera stopped after pairing", "window.__fakeCamera.streams.every(s => s.getTracks().every(t => t.readyState === 'ended'))").await;
+    assert_eq!(
+        fake_camera_state(&w, "String(window.__fakeCamera.asked.length)").await,
+        "2",
+        "one camera opened per click"
+    );
     w.wait_text("the meter list", "ul.cards", |t| t.contains("Meter hall"))
         .await;
     // The owner's own view: current power, today's use and a live chart of the meter.
@@ -348,6 +509,13 @@ async fn scenario(w: Window, world: World, mut prov: Prov, data: PathBuf, kit: P
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     w.shot("04-paired").await;
+
+    // 4b. The paste path reaches the wallet too: the same code again is refused in words.
+    w.click("#nav-pair").await;
+    w.type_into("#pair-code", &pairing).await;
+    w.click("#pair-button").await;
+    w.wait_message("the second pairing", "already paired with this wallet")
+        .await;
 
     // 5a. A request link opened from a web page: the desktop starts the app with the link
     // (`%u`); that second start hands it to this window over D-Bus and exits. The owner
@@ -474,4 +642,23 @@ async fn restore(w: Window, kit: PathBuf, data: PathBuf, broker: String) {
     })
     .await;
     w.shot("08-restored-on-another-device").await;
+
+    // The real camera path in WebKitGTK, with WebKit's mock camera: getUserMedia, the preview
+    // and frame reading without any replacement. (WebKit grants its mock devices without
+    // asking, so this does not reach the app's permission handler; a unit test covers its
+    // decision.)
+    w.click("#nav-pair").await;
+    w.click("#camera-start").await;
+    wait_js(&w, "the mock camera's preview", "(() => { const v = document.querySelector('#camera-preview'); return v.readyState >= 2 && v.videoWidth > 0 && getComputedStyle(v).display !== 'none'; })()").await;
+    w.wait_text("the mock camera looking", "#camera-status", |t| {
+        t.starts_with("Looking for the QR code") || t.starts_with("Still looking")
+    })
+    .await;
+    w.shot("09-camera-webkit-mock-device").await;
+    let tracks = fake_camera_state(&w, "document.querySelector('#camera-preview').srcObject.getTracks().map(t => t.kind + ':' + t.readyState).join(',')").await;
+    assert_eq!(tracks, "video:live", "one live video track, no audio");
+    w.click("#camera-stop").await;
+    wait_js(&w, "the mock camera stopped", "document.querySelector('#camera-preview').srcObject.getTracks().every(t => t.readyState === 'ended')").await;
+    w.wait_text("the camera off", "#camera-status", str::is_empty)
+        .await;
 }

@@ -7,8 +7,11 @@
 //!
 //! - [`render_terminal`]: Unicode half blocks (two modules per character cell), for a terminal
 //!   with a dark background; [`render_terminal_with`] for light backgrounds.
-//! - [`render_svg`], [`render_png`]: images for the web wallet and print.
+//! - [`render_svg`], [`render_png`]: images for the web wallet and print; [`render_luma`]:
+//!   raw greyscale pixels.
 //! - [`decode_image`]: the text of the first QR code found in a PNG (scanned or rendered).
+//! - [`decode_luma`]: the same for a raw 8-bit greyscale frame (a camera frame from the app's
+//!   window), given with its width and height.
 //!
 //! Decoding treats its input as hostile: size and dimensions are limited before any pixel is
 //! allocated and every failure is a typed [`QrError`].
@@ -31,6 +34,9 @@ pub const MAX_MODULE_PX: u32 = 32;
 pub const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
 /// Largest width and height [`decode_image`] accepts, in pixels.
 pub const MAX_IMAGE_DIMENSION: u32 = 8192;
+/// Largest width and height [`decode_luma`] accepts, in pixels (a camera frame is scaled
+/// down to at most 640 pixels per side by the app's window before it is sent).
+pub const MAX_FRAME_DIMENSION: u32 = 2048;
 /// Most memory the image decoder may allocate.
 const MAX_DECODE_ALLOC: u64 = 256 * 1024 * 1024;
 
@@ -62,6 +68,22 @@ pub enum QrError {
     /// The image is not a supported format, is corrupt, or exceeds the dimension limits.
     #[error("cannot read image: {0}")]
     Image(String),
+    /// A greyscale frame's width or height is 0 or above [`MAX_FRAME_DIMENSION`].
+    #[error("frame size {width}x{height} out of range 1..={MAX_FRAME_DIMENSION} per side")]
+    FrameSize {
+        /// The width given.
+        width: u32,
+        /// The height given.
+        height: u32,
+    },
+    /// A greyscale frame's bytes are not one per pixel (width × height).
+    #[error("frame has {got} bytes, {expected} expected (one per pixel)")]
+    FrameLength {
+        /// width × height.
+        expected: usize,
+        /// The bytes given.
+        got: usize,
+    },
     /// The image has no QR code that could be located.
     #[error("no QR code found in the image")]
     NotFound,
@@ -229,9 +251,15 @@ pub fn render_svg(text: &str) -> Result<String, QrError> {
     ))
 }
 
-/// `text` as a greyscale PNG, `module_px` pixels per module (1–[`MAX_MODULE_PX`]), quiet zone
-/// included.
-pub fn render_png(text: &str, module_px: u32) -> Result<Vec<u8>, QrError> {
+/// `text` as square greyscale pixels (0 dark, 255 light), `module_px` pixels per module
+/// (1–[`MAX_MODULE_PX`]), quiet zone included: `(side, pixels)` with `side × side` bytes, row
+/// by row (the layout of [`decode_luma`]'s frames).
+pub fn render_luma(text: &str, module_px: u32) -> Result<(u32, Vec<u8>), QrError> {
+    let img = render_gray(text, module_px)?;
+    Ok((img.width(), img.into_raw()))
+}
+
+fn render_gray(text: &str, module_px: u32) -> Result<GrayImage, QrError> {
     if module_px == 0 || module_px > MAX_MODULE_PX {
         return Err(QrError::ModuleSize(module_px));
     }
@@ -242,10 +270,16 @@ pub fn render_png(text: &str, module_px: u32) -> Result<Vec<u8>, QrError> {
         .and_then(|s| s.checked_mul(module_px))
         .ok_or_else(|| QrError::Encode("image too large".into()))?;
     let px = module_px as usize;
-    let img = GrayImage::from_fn(side, side, |x, y| {
+    Ok(GrayImage::from_fn(side, side, |x, y| {
         let dark = m.get(x as usize / px, y as usize / px);
         Luma([if dark { 0 } else { 255 }])
-    });
+    }))
+}
+
+/// `text` as a greyscale PNG, `module_px` pixels per module (1–[`MAX_MODULE_PX`]), quiet zone
+/// included.
+pub fn render_png(text: &str, module_px: u32) -> Result<Vec<u8>, QrError> {
+    let img = render_gray(text, module_px)?;
     let mut out = Cursor::new(Vec::new());
     img.write_to(&mut out, ImageFormat::Png)
         .map_err(|e| QrError::Encode(e.to_string()))?;
@@ -276,10 +310,32 @@ pub fn decode_image(bytes: &[u8]) -> Result<String, QrError> {
         .decode()
         .map_err(|e| QrError::Image(e.to_string()))?
         .into_luma8();
-    let (w, h) = (img.width() as usize, img.height() as usize);
+    decode_grey(img.width() as usize, img.height() as usize, img.as_raw())
+}
+
+/// The text of the first decodable QR code in a raw greyscale frame: `luma` holds one byte per
+/// pixel (0 black … 255 white), row by row, `width` × `height` bytes. Both sides 1 to
+/// [`MAX_FRAME_DIMENSION`]; checked before anything is allocated.
+pub fn decode_luma(width: u32, height: u32, luma: &[u8]) -> Result<String, QrError> {
+    if width == 0 || height == 0 || width > MAX_FRAME_DIMENSION || height > MAX_FRAME_DIMENSION {
+        return Err(QrError::FrameSize { width, height });
+    }
+    // At most 2048 × 2048: no overflow in usize.
+    let (w, h) = (width as usize, height as usize);
+    let expected = w * h;
+    if luma.len() != expected {
+        return Err(QrError::FrameLength {
+            expected,
+            got: luma.len(),
+        });
+    }
+    decode_grey(w, h, luma)
+}
+
+/// Finds and decodes QR codes in `w` × `h` greyscale pixels (`pixels.len() == w * h`).
+fn decode_grey(w: usize, h: usize, pixels: &[u8]) -> Result<String, QrError> {
     let mut prepared = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| {
-        img.get_pixel_checked(x as u32, y as u32)
-            .map_or(255, |p| p.0[0])
+        pixels.get(y * w + x).copied().unwrap_or(255)
     });
     let grids = prepared.detect_grids();
     if grids.is_empty() {
@@ -295,4 +351,128 @@ pub fn decode_image(bytes: &[u8]) -> Result<String, QrError> {
     Err(QrError::Decode(
         last_err.map_or_else(|| "unknown".to_string(), |e| e.to_string()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINK: &str = "p1consent://pair?v=1&d=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0-P0BBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWltcXV5f";
+
+    /// `text` as a QR code of `module_px` pixels per module in the middle of a `w` × `h`
+    /// grey (200) frame with some noise, as a camera would see a screen.
+    fn frame(text: &str, module_px: usize, w: usize, h: usize) -> Vec<u8> {
+        let (m, _) = encode(text).unwrap_or_else(|e| panic!("encode: {e}"));
+        let side = m.size() * module_px;
+        assert!(side <= w && side <= h, "QR does not fit the frame");
+        let (x0, y0) = ((w - side) / 2, (h - side) / 2);
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        (0..w * h)
+            .map(|i| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let noise = (seed % 24) as u8;
+                let (x, y) = (i % w, i / w);
+                let inside = (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
+                if inside && m.get((x - x0) / module_px, (y - y0) / module_px) {
+                    30 + noise
+                } else if inside {
+                    230 - noise
+                } else {
+                    200 - noise
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn qr_in_a_luma_frame_decodes() {
+        let (w, h) = (640, 480);
+        let f = frame(LINK, 6, w, h);
+        assert_eq!(decode_luma(w as u32, h as u32, &f), Ok(LINK.to_string()));
+        // The smallest frame the window sends is still readable at 3 px per module.
+        let f = frame(LINK, 3, 320, 240);
+        assert_eq!(decode_luma(320, 240, &f), Ok(LINK.to_string()));
+    }
+
+    #[test]
+    fn rendered_luma_decodes_and_matches_the_png() {
+        let (side, px) = render_luma(LINK, 4).unwrap_or_else(|e| panic!("render: {e}"));
+        assert_eq!(px.len(), (side * side) as usize);
+        assert_eq!(side % 4, 0);
+        assert!(px.iter().all(|&p| p == 0 || p == 255));
+        assert_eq!(decode_luma(side, side, &px), Ok(LINK.to_string()));
+        let png = render_png(LINK, 4).unwrap_or_else(|e| panic!("png: {e}"));
+        assert_eq!(decode_image(&png), Ok(LINK.to_string()));
+        assert_eq!(render_luma(LINK, 0), Err(QrError::ModuleSize(0)));
+        assert_eq!(render_luma("", 4), Err(QrError::EmptyText));
+    }
+
+    #[test]
+    fn luma_frame_without_a_qr_code_is_not_found() {
+        let grey = vec![128u8; 320 * 240];
+        assert_eq!(decode_luma(320, 240, &grey), Err(QrError::NotFound));
+        let mut seed = 7u64;
+        let noise: Vec<u8> = (0..320 * 240)
+            .map(|_| {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                (seed >> 56) as u8
+            })
+            .collect();
+        assert!(matches!(
+            decode_luma(320, 240, &noise),
+            Err(QrError::NotFound | QrError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn luma_frame_sizes_are_checked_before_decoding() {
+        assert_eq!(
+            decode_luma(0, 10, &[]),
+            Err(QrError::FrameSize {
+                width: 0,
+                height: 10
+            })
+        );
+        assert_eq!(
+            decode_luma(10, 0, &[]),
+            Err(QrError::FrameSize {
+                width: 10,
+                height: 0
+            })
+        );
+        assert_eq!(
+            decode_luma(MAX_FRAME_DIMENSION + 1, 1, &[0]),
+            Err(QrError::FrameSize {
+                width: MAX_FRAME_DIMENSION + 1,
+                height: 1
+            })
+        );
+        assert_eq!(
+            decode_luma(u32::MAX, u32::MAX, &[0]),
+            Err(QrError::FrameSize {
+                width: u32::MAX,
+                height: u32::MAX
+            })
+        );
+        assert_eq!(
+            decode_luma(4, 4, &[0; 15]),
+            Err(QrError::FrameLength {
+                expected: 16,
+                got: 15
+            })
+        );
+        assert_eq!(
+            decode_luma(4, 4, &[0; 17]),
+            Err(QrError::FrameLength {
+                expected: 16,
+                got: 17
+            })
+        );
+        // The largest frame is accepted (and holds no code).
+        let side = MAX_FRAME_DIMENSION;
+        let white = vec![255u8; (side * side) as usize];
+        assert_eq!(decode_luma(side, side, &white), Err(QrError::NotFound));
+    }
 }

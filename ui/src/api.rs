@@ -63,6 +63,9 @@ pub struct Status {
 pub struct Paired {
     pub label: String,
     pub device_id: String,
+    /// Why the owner's own view of the meter could not be set up yet (the pairing stands).
+    #[serde(default)]
+    pub own_view_note: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -5,8 +5,11 @@
 //! Every action is a command of the app ([`api::call`]); the UI never sees a key.
 
 pub mod api;
+pub mod camera;
 
 use leptos::{prelude::*, task::spawn_local};
+
+use camera::CameraScan;
 
 use api::{
     Audit, ConsentList, Device, NoArgs, OwnUsage, Paired, Request, RestoreReport, Status, call,
@@ -339,7 +342,10 @@ fn PairPage() -> impl IntoView {
                 } else {
                     p.label
                 };
-                ctx.ok(format!("Paired with {name}."));
+                match p.own_view_note {
+                    Some(note) => ctx.ok(format!("{note} The app tries again by itself.")),
+                    None => ctx.ok(format!("Paired with {name}.")),
+                }
                 ctx.refresh_status();
                 ctx.page.set(Page::Devices);
             }
@@ -347,12 +353,17 @@ fn PairPage() -> impl IntoView {
         }
         busy.set(false);
     };
-    let pair_text = move |_| {
+    let pair_code = move |c: String| {
         busy.set(true);
         ctx.ok("Pairing… this can take up to 20 seconds.");
-        let c = code.get_untracked();
         spawn_local(async move { done(call::<Paired>("pair", CodeArgs { code: c }).await) });
     };
+    let pair_text = move |_| pair_code(code.get_untracked());
+    // The camera's code goes the paste path: shown in the field, then paired.
+    let scanned = Callback::new(move |c: String| {
+        code.set(c.clone());
+        pair_code(c);
+    });
     let pair_file = move |ev: leptos::ev::Event| {
         let input: web_sys::HtmlInputElement = event_target(&ev);
         let Some(file) = input.files().and_then(|f| f.get(0)) else {
@@ -373,7 +384,8 @@ fn PairPage() -> impl IntoView {
     };
     view! {
         <p>"Your meter reader shows a pairing code: a QR code and a link starting with p1consent://pair."</p>
-        <label for="pair-code">"Paste the pairing link"</label>
+        <CameraScan on_code=scanned busy=busy />
+        <label for="pair-code">"Or paste the pairing link"</label>
         <textarea
             id="pair-code"
             rows="3"
