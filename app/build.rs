@@ -1,6 +1,6 @@
 fn main() {
     // Commands the UI may call: each gets an `allow-<command>` permission, granted in
-    // capabilities/default.json. Keep in sync with `p1consent_app::COMMANDS`.
+    // capabilities/default.json. Keep in sync with `p1consent_app_lib::COMMANDS`.
     const COMMANDS: &[&str] = &[
         "status",
         "create_identity",

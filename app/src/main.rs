@@ -2,5 +2,5 @@
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
 fn main() {
-    p1consent_app::run();
+    p1consent_app_lib::run();
 }

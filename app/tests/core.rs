@@ -3,7 +3,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use p1consent_app::core::{AppCore, SecretsFactory, is_our_link};
+use p1consent_app_lib::core::{AppCore, SecretsFactory, is_our_link};
 use p1consent_shared::{
     consent::{Field, FieldSet, RequestDraft, Resolution, SignedRequest},
     crypto::{KemSecretKey, KemSuite, SigningIdentity, random_bytes},

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use p1consent_app::{
+use p1consent_app_lib::{
     core::AppCore,
     keyring_store::{KeyringSecretStore, SERVICE},
 };

@@ -5,7 +5,7 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use p1consent_app::core::{AppCore, SecretsFactory};
+use p1consent_app_lib::core::{AppCore, SecretsFactory};
 use p1consent_scenarios::{BrokerKind, Meter, World, wait_for};
 use p1consent_wallet::{OwnRow, RowResolution, Wallet, WalletOptions};
 

@@ -5,7 +5,7 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use p1consent_app::core::{AppCore, ConsentList, SecretsFactory};
+use p1consent_app_lib::core::{AppCore, ConsentList, SecretsFactory};
 use p1consent_scenarios::{BrokerKind, Meter, Prov, World, wait_for};
 use p1consent_shared::consent::{Field, FieldSet, Resolution};
 use p1consent_wallet::{Wallet, WalletOptions};

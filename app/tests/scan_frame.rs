@@ -3,7 +3,7 @@
 //! QR code or none keeps the camera looking; zero-size, oversize and mismatched frames are
 //! typed errors, refused before decoding.
 
-use p1consent_app::core::{FrameScan, scan_frame};
+use p1consent_app_lib::core::{FrameScan, scan_frame};
 use p1consent_shared::qr::{self, MAX_FRAME_DIMENSION, QrError};
 
 const PAIRING: &str = "p1consent://pair?v=1&d=AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4_QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl9g";

@@ -16,7 +16,7 @@ use std::{
 };
 
 use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
-use p1consent_app::keyring_store::SERVICE;
+use p1consent_app_lib::keyring_store::SERVICE;
 use p1consent_scenarios::{
     BrokerKind, Meter, Prov, WAIT, World, provider::ProviderEvent, shared::consent::Field,
     shared::consent::FieldSet, shared::consent::Resolution,
