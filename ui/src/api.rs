@@ -143,6 +143,9 @@ pub struct Rejected {
 pub struct Thread {
     pub thread_id: String,
     pub kind: String,
+    /// The meter's label, or the provider's name and the meter.
+    #[serde(default)]
+    pub title: String,
     pub entries: Vec<serde::de::IgnoredAny>,
     pub rejected: Vec<Rejected>,
 }

@@ -789,6 +789,20 @@ fn Consents() -> impl IntoView {
     }
 }
 
+/// One line of the audit: whom a thread is about, then its size and id.
+fn thread_line(what: &str, title: &str, thread_id: &str, records: usize) -> String {
+    let whom = if title.is_empty() {
+        String::new()
+    } else {
+        format!(" {title}")
+    };
+    let plural = if records == 1 { "" } else { "s" };
+    format!(
+        "{what}{whom}: {records} record{plural} (thread {})",
+        short(thread_id)
+    )
+}
+
 #[component]
 fn AuditPage() -> impl IntoView {
     let ctx = ctx();
@@ -824,7 +838,7 @@ fn AuditPage() -> impl IntoView {
                 };
                 view! {
                     <li>
-                        {format!("{what} thread {}: {} records", short(&t.thread_id), t.entries.len())}
+                        {thread_line(what, &t.title, &t.thread_id, t.entries.len())}
                         {t.rejected.into_iter().map(|r| view! { <p class="error">{r.error}</p> }).collect_view()}
                     </li>
                 }
@@ -979,6 +993,23 @@ fn chart_summary(chart: &[(u64, f64)], start: &str, end: &str) -> String {
 #[cfg(test)]
 mod chart_tests {
     use super::*;
+
+    #[test]
+    fn audit_line_names_whom_a_thread_is_about() {
+        assert_eq!(
+            thread_line(
+                "Consent",
+                "Wattt Insights B.V. — Meter hall",
+                "0123456789abcdef",
+                4
+            ),
+            "Consent Wattt Insights B.V. — Meter hall: 4 records (thread 0123456789ab)"
+        );
+        assert_eq!(
+            thread_line("Meter", "", "0123456789abcdef", 1),
+            "Meter: 1 record (thread 0123456789ab)"
+        );
+    }
 
     #[test]
     fn power_axis_has_round_labelled_values() {

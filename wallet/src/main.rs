@@ -381,7 +381,11 @@ async fn run(cli: Cli) -> Result<(), WalletError> {
                 println!("{}", json!({ "threads": report, "verified": bad == 0 }));
             } else {
                 for t in &report {
-                    println!("Thread {} ({})", &t.thread_id[..12], t.kind);
+                    if t.title.is_empty() {
+                        println!("Thread {} ({})", &t.thread_id[..12], t.kind);
+                    } else {
+                        println!("Thread {} ({}: {})", &t.thread_id[..12], t.kind, t.title);
+                    }
                     for e in &t.entries {
                         println!(
                             "  {} #{:<3} {}  {}",

@@ -106,6 +106,9 @@ pub struct ThreadReport {
     /// `device`, `consent`, `own_view` (the owner's own view: a consent to this wallet's own
     /// reader key) or `unknown` if no owner entry says which.
     pub kind: String,
+    /// Who the thread is about, in words: the meter's label, or the provider's name and the
+    /// meter (empty when the verified records do not say).
+    pub title: String,
     pub device: Option<String>,
     pub provider: Option<String>,
     pub entries: Vec<EntryLine>,
@@ -770,6 +773,20 @@ impl Wallet {
     /// Verifies every stored thread from scratch (signatures, chains, decryption, rules).
     pub fn verify_log(&self) -> Vec<ThreadReport> {
         let own = crate::own::own_view_keys(self.identity()).public();
+        let state = self.state_at(now_s());
+        let meter = |d: &PublicId| state.devices.get(d).map(|r| r.label.clone());
+        let title = |tid: &OpaqueId| -> String {
+            if let Some(d) = state.devices.values().find(|d| d.thread_id == *tid) {
+                return d.label.clone();
+            }
+            match state.consents.values().find(|c| c.thread_id == *tid) {
+                Some(c) => match meter(&c.grant.device) {
+                    Some(m) => format!("{} — {m}", c.grant.request.content().controller),
+                    None => c.grant.request.content().controller.clone(),
+                },
+                None => String::new(),
+            }
+        };
         self.thread_ids()
             .iter()
             .map(|tid| {
@@ -788,6 +805,7 @@ impl Wallet {
                 ThreadReport {
                     thread_id: tid.to_hex(),
                     kind: kind.into(),
+                    title: title(tid),
                     device: c.device.map(|d| d.to_hex()),
                     provider: c.provider.map(|p| p.to_hex()),
                     entries: c

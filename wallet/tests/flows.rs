@@ -166,6 +166,19 @@ async fn grant_revoke_receipt_and_rebuild() {
     let report = wallet.verify_log();
     assert_eq!(report.len(), 2);
     assert!(report.iter().all(|t| t.rejected.is_empty()));
+    // ... and says in words whom each is about.
+    let mut titles: Vec<(&str, &str)> = report
+        .iter()
+        .map(|t| (t.kind.as_str(), t.title.as_str()))
+        .collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        [
+            ("consent", "Wattt Insights B.V. — Meter hall"),
+            ("device", "Meter hall")
+        ]
+    );
 
     // A second wallet with only the owner's keys rebuilds the same state from the broker.
     let id = OwnerIdentity::load(wallet.secrets())
