@@ -5,12 +5,14 @@
 //! - [`request`]: [`RequestBuilder`] → a signed request → `p1consent://request?...` link / QR.
 //! - [`client`]: [`Provider`] follows its inbox, the consent threads and the granted
 //!   channels, and yields [`ProviderEvent`]s; erasure requests are honoured and confirmed.
-//! - [`dashboard`]: the live local web page of `p1consent-provider dashboard`.
+//! - [`dashboard`]: the live local web page of `p1consent-provider dashboard` (feature `cli`,
+//!   on by default).
 //! - [`verify_receipt`]: checks an owner-signed consent receipt.
 //!
 //! All protocol and cryptography is `p1consent-shared`'s; this crate routes and stores.
 
 pub mod client;
+#[cfg(feature = "cli")]
 pub mod dashboard;
 pub mod fsutil;
 pub mod keys;

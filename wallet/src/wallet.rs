@@ -140,6 +140,15 @@ struct Checked {
     provider: Option<PublicId>,
 }
 
+/// The owner's devices and consents folded from verified threads at `now_unix`.
+fn fold_checked(checked: &[(OpaqueId, Checked)], now_unix: u64) -> ConsentState {
+    let entries: Vec<&VerifiedEntry> = checked
+        .iter()
+        .flat_map(|(_, c)| c.log.entries().iter())
+        .collect();
+    ConsentState::fold(entries, now_unix)
+}
+
 pub struct Wallet {
     dir: PathBuf,
     secrets: Box<dyn SecretStore>,
@@ -752,16 +761,18 @@ impl Wallet {
 
     /// The owner's devices and consents folded from the verified local logs at `now_unix`.
     pub fn state_at(&self, now_unix: u64) -> ConsentState {
-        let checked: Vec<Checked> = self
-            .thread_ids()
-            .iter()
-            .map(|t| self.check_thread(t))
-            .collect();
-        let entries: Vec<&VerifiedEntry> = checked
-            .iter()
-            .flat_map(|c| c.log.entries().iter())
-            .collect();
-        ConsentState::fold(entries, now_unix)
+        fold_checked(&self.check_all_threads(), now_unix)
+    }
+
+    /// Every stored thread, verified from scratch, with its id.
+    fn check_all_threads(&self) -> Vec<(OpaqueId, Checked)> {
+        self.thread_ids()
+            .into_iter()
+            .map(|t| {
+                let c = self.check_thread(&t);
+                (t, c)
+            })
+            .collect()
     }
 
     /// Reads the logs back from the broker, then folds them.
@@ -773,7 +784,9 @@ impl Wallet {
     /// Verifies every stored thread from scratch (signatures, chains, decryption, rules).
     pub fn verify_log(&self) -> Vec<ThreadReport> {
         let own = crate::own::own_view_keys(self.identity()).public();
-        let state = self.state_at(now_s());
+        // Each thread is verified once; the titles come from the state those checks fold to.
+        let checked = self.check_all_threads();
+        let state = fold_checked(&checked, now_s());
         let meter = |d: &PublicId| state.devices.get(d).map(|r| r.label.clone());
         let title = |tid: &OpaqueId| -> String {
             if let Some(d) = state.devices.values().find(|d| d.thread_id == *tid) {
@@ -787,10 +800,9 @@ impl Wallet {
                 None => String::new(),
             }
         };
-        self.thread_ids()
-            .iter()
-            .map(|tid| {
-                let c = self.check_thread(tid);
+        checked
+            .into_iter()
+            .map(|(tid, c)| {
                 let kind = if c.provider == Some(own) {
                     // The owner's own view: a consent to this wallet's reader key, not
                     // someone else's access.
@@ -805,7 +817,7 @@ impl Wallet {
                 ThreadReport {
                     thread_id: tid.to_hex(),
                     kind: kind.into(),
-                    title: title(tid),
+                    title: title(&tid),
                     device: c.device.map(|d| d.to_hex()),
                     provider: c.provider.map(|p| p.to_hex()),
                     entries: c
