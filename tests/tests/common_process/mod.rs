@@ -18,7 +18,7 @@ use std::{
 use p1consent_provider::{ProviderEvent, ProviderKeys, now_ms};
 pub use p1consent_scenarios::{Spy, WAIT, assert_consecutive, channel_records};
 use p1consent_scenarios::{
-    connect_provider, now_s, open_captured, reading_seqs, request_link, signed_request,
+    connect_provider, open_captured, reading_seqs, request_link, signed_request,
 };
 use p1consent_shared::{
     channel::{self, RecordHeader},
@@ -475,7 +475,9 @@ impl Owner {
             self.device,
             fields,
             Resolution::Raw,
-            now_s() + 3600,
+            // The requested expiry itself: `now_s() + 3600` here could be a second later than
+            // the request's (made a moment earlier) and be refused.
+            request.content().consent_expires_at,
         )
         .unwrap();
         let mut writer = LogWriter::new(ctid, Role::Owner);
